@@ -1,0 +1,6 @@
+"""clamp: training-time interventions on transformers ("artificial optogenetics")."""
+
+from clamp.interventions import ClampCallback, Intervention, MetricCondition, Schedule, Window, intervene
+from clamp.training import OptimizerConfig, TrainingModule
+
+__all__ = ["ClampCallback", "Intervention", "MetricCondition", "OptimizerConfig", "Schedule", "TrainingModule", "Window", "intervene"]

@@ -1,0 +1,61 @@
+"""``clamp`` command line: LightningCLI for ``fit``/``validate``/..., plus ``clamp report`` and ``clamp sites``.
+
+One YAML file holds model, data, trainer and callbacks (``class_path``/``init_args``). The data's
+:class:`TaskSpec` is linked into the model so users never repeat vocabulary or context sizes, and
+``seed_everything`` seeds the model init, the training stream and the eval sets alike.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from clamp.training import TrainingModule
+from synthetic_data.datamodule import SyntheticDataModule
+
+DEFAULT_LOGGER = {
+    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+    "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
+}
+
+
+class ClampCLI(LightningCLI):
+    """LightningCLI with clamp's links and defaults (runs land in ``runs/<experiment>/<version>/``)."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
+        parser.add_argument("--experiment", type=str, default="default", help="Run name: logs go to runs/<experiment>/<version>/.")
+        parser.link_arguments("data.spec", "model.task", apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.seed")
+        parser.set_defaults({"trainer.logger": DEFAULT_LOGGER, "seed_everything": 0})
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        logger = cfg.trainer.logger
+        if getattr(logger, "class_path", "").endswith("TensorBoardLogger") and logger.init_args.name == "default":
+            logger.init_args.name = cfg.experiment
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> ClampCLI:
+    """Build the CLI (``run=False`` instantiates without running a subcommand; used in tests)."""
+    return ClampCLI(
+        TrainingModule,
+        SyntheticDataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        from clamp.report import main as report_main
+
+        report_main(argv[1:])
+        return
+    cli_main(argv)
+
+
+if __name__ == "__main__":
+    main()

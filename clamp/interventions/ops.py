@@ -1,0 +1,346 @@
+"""Operations: what an intervention does to the selected part of a site's activation.
+
+Every op is applied with a strength ``alpha`` through a mask ``m = alpha * selection``:
+
+    out = x + m * (value(x) - x)          # value ops: interpolate towards a replacement
+
+so ``alpha = 1`` replaces, ``alpha = 0`` is a no-op and ramps interpolate. Gradient ops
+(``freeze``, ``grad_only``) keep the forward value and change only the backward pass.
+
+Replacement values that do not depend on ``x`` differentiably (zero, mean, resample, constant,
+construct, reference, patch) carry no gradient: the clamped part of the network is cut off from
+learning through that path, which is what a clamp study wants. ``scale`` and ``noise`` keep the
+gradient of ``x``.
+
+Values given by the user (``constant``, ``construct``) have the site's shape without the batch
+dim, and without the head dim when one head is selected (e.g. ``[q_pos, k_pos]`` for
+``layer0.head1.pattern``); they broadcast like numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+
+from models.sites import Site
+
+
+@dataclass
+class OpContext:
+    """What an op may read besides the activation itself."""
+
+    site: Site
+    head: int | None
+    mode: str  # "train", "val" or "analysis"
+    generator: torch.Generator
+    state: dict[str, Any]  # per-intervention persistent state (checkpointed)
+    source: torch.Tensor | None = None  # full site tensor from the reference model or the patched run
+
+
+class Op:
+    """Base class. ``value`` gives the replacement; ``apply`` mixes it in through the mask."""
+
+    kind: ClassVar[str]
+    replaces: ClassVar[bool] = True  # replacing ops on overlapping selections conflict
+    source: ClassVar[str | None] = None  # "reference" or "patch" when the op reads another forward
+
+    def validate(self) -> None:
+        """Check parameters before training starts."""
+
+    def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        v = self.value(x, ctx)
+        return x + m * (v.to(x.dtype) - x)
+
+
+@dataclass
+class Zero(Op):
+    """Zero-ablation."""
+
+    kind: ClassVar[str] = "zero"
+
+    def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        return x * (1 - m)
+
+
+@dataclass
+class Scale(Op):
+    """Multiply by a gain ``k`` (k=0 ablates, k>1 excites); gradient flows through ``x``."""
+
+    kind: ClassVar[str] = "scale"
+    replaces: ClassVar[bool] = False
+    k: float = 1.0
+
+    def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        return x * (1 + m * (self.k - 1))
+
+
+@dataclass
+class Noise(Op):
+    """Add Gaussian noise of standard deviation ``std`` (scaled by alpha)."""
+
+    kind: ClassVar[str] = "noise"
+    replaces: ClassVar[bool] = False
+    std: float = 1.0
+
+    def validate(self) -> None:
+        if self.std < 0:
+            raise ValueError(f"noise std must be >= 0, got {self.std}")
+
+    def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        eps = torch.randn(x.shape, generator=ctx.generator, device="cpu", dtype=torch.float32)
+        return x + m * (self.std * eps.to(device=x.device, dtype=x.dtype))
+
+
+@dataclass
+class Mean(Op):
+    """Mean-ablation. ``over``: 'batch' (per position), 'batch_pos' (over batch and positions),
+    or 'running' (an exponential moving average of the batch mean over training, updated on
+    training forwards only, averaged across ranks under DDP, and checkpointed)."""
+
+    kind: ClassVar[str] = "mean"
+    over: str = "batch"
+    momentum: float = 0.01
+
+    def validate(self) -> None:
+        if self.over not in ("batch", "batch_pos", "running"):
+            raise ValueError(f"mean over={self.over!r}; valid: 'batch', 'batch_pos', 'running'")
+        if not 0 < self.momentum <= 1:
+            raise ValueError(f"mean momentum={self.momentum} must be in (0, 1]")
+
+    def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        xd = x.detach().float()
+        if self.over == "batch":
+            return xd.mean(0, keepdim=True)
+        if self.over == "batch_pos":
+            pos = ctx.site.info.pos_dim
+            return xd.mean(dim=(0, pos), keepdim=True) if pos is not None else xd.mean(0, keepdim=True)
+        key = ctx.site.name
+        run = ctx.state.setdefault("running_mean", {})
+        if ctx.mode == "train":
+            batch_mean = xd.mean(0)
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(batch_mean)
+                batch_mean /= dist.get_world_size()
+            prev = run.get(key)
+            run[key] = batch_mean if prev is None else prev.to(batch_mean) + self.momentum * (batch_mean - prev.to(batch_mean))
+        if key not in run:
+            raise RuntimeError(f"mean(over='running') on {key}: no running mean yet (needs at least one training forward)")
+        return run[key].to(x.device)[None]
+
+
+@dataclass
+class Resample(Op):
+    """Replace each sequence's activation by another sequence's (a random derangement of the batch)."""
+
+    kind: ClassVar[str] = "resample"
+
+    def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        b = x.shape[0]
+        if b < 2:
+            raise ValueError(f"resample on {ctx.site.name} needs a batch of at least 2 sequences, got {b}")
+        shift = int(torch.randint(1, b, (1,), generator=ctx.generator))
+        perm = (torch.arange(b) + shift) % b
+        return x.detach()[perm.to(x.device)]
+
+
+def _load_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float()
+    if isinstance(value, (int, float, list)):
+        return torch.tensor(value, dtype=torch.float32)
+    path = Path(str(value))
+    if not path.exists():
+        raise FileNotFoundError(f"constant value file {str(path)!r} does not exist")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return torch.from_numpy(np.load(path)).float()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        if len(tensors) != 1:
+            raise ValueError(f"{path} holds {sorted(tensors)}; a constant file must hold exactly one tensor")
+        return next(iter(tensors.values())).float()
+    if path.suffix in (".pt", ".pth"):
+        return torch.load(path, map_location="cpu", weights_only=True).float()
+    raise ValueError(f"constant value file {str(path)!r}: unsupported suffix; valid: .npy, .safetensors, .pt, .pth")
+
+
+def check_value_shape(v: torch.Tensor, x: torch.Tensor, ctx: OpContext, what: str) -> torch.Tensor:
+    """Raise a clear error unless ``v`` broadcasts to the selected slice of ``x``."""
+    info = ctx.site.info
+    drop = {0} | ({info.head_dim} if ctx.head is not None and info.head_dim is not None else set())
+    want = tuple(s for i, s in enumerate(x.shape) if i not in drop)
+    dims = [d for i, d in enumerate(info.dims) if i not in drop]
+    try:
+        torch.broadcast_shapes(tuple(v.shape), want)
+        if v.dim() > len(want):
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(
+            f"{what} for site {ctx.site.name}{'' if ctx.head is None else f' head {ctx.head}'}: "
+            f"expected a shape broadcastable to {list(want)} {dims}, got {list(v.shape)}"
+        ) from None
+    return v  # right-aligned broadcasting places it: the dropped dims (batch, head) lead the shape
+
+
+@dataclass
+class Constant(Op):
+    """Replace by a fixed tensor: a number, a nested list, or a .npy/.safetensors/.pt file path."""
+
+    kind: ClassVar[str] = "constant"
+    value: Any = 0.0
+    _tensor: torch.Tensor | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        self._tensor = _load_tensor(self.value)
+
+    def value_for(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        assert self._tensor is not None
+        return check_value_shape(self._tensor, x, ctx, "constant").to(x.device)
+
+    def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        return x + m * (self.value_for(x, ctx).to(x.dtype) - x)
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """``'package.module.name'`` -> the object, with an error that names what failed."""
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError(f"{path!r} is not an import path like 'package.module.function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import {path!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"{path!r} is not callable")
+    return fn
+
+
+@dataclass
+class Construct(Op):
+    """Replace by what a user function builds: ``fn(x, ctx, **kwargs) -> value`` (import path in YAML).
+
+    See :mod:`clamp.interventions.constructors` for built-ins such as a perfect previous-token pattern.
+    """
+
+    kind: ClassVar[str] = "construct"
+    fn: Any = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.fn is None:
+            raise ValueError("construct needs `fn`: an import path like 'clamp.interventions.constructors.previous_token_pattern'")
+        if isinstance(self.fn, str):
+            self.fn = import_callable(self.fn)
+
+    def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        v = torch.as_tensor(self.fn(x.detach(), ctx, **self.kwargs))
+        return check_value_shape(v, x, ctx, f"construct fn {getattr(self.fn, '__name__', self.fn)}").to(x.device)
+
+
+@dataclass
+class ClampToReference(Op):
+    """Replace by the activation a reference model computes on the same batch.
+
+    ``reference``: a checkpoint path (Lightning ``.ckpt``, a ``state_dict`` ``.pt``, or ``.safetensors``)
+    or ``'init'`` for this run's own frozen initialisation.
+    """
+
+    kind: ClassVar[str] = "clamp_to_reference"
+    source: ClassVar[str | None] = "reference"
+    reference: str = "init"
+
+    def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        return _source_value(x, ctx)
+
+
+@dataclass
+class Patch(Op):
+    """Replace by the same model's activation on a transformed input (activation patching).
+
+    ``transform``: 'shuffle_positions' (permute each sequence's positions), 'resample_batch'
+    (another sequence of the batch), 'random_tokens' (uniform random token ids, features kept),
+    or an import path to ``fn(args: tuple, kwargs: dict, generator) -> (args, kwargs)``.
+    """
+
+    kind: ClassVar[str] = "patch"
+    source: ClassVar[str | None] = "patch"
+    transform: str = "resample_batch"
+
+    def validate(self) -> None:
+        from clamp.interventions.transforms import get_transform
+
+        get_transform(self.transform)
+
+    def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        return _source_value(x, ctx)
+
+
+def _source_value(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    if ctx.source is None:
+        raise RuntimeError(f"no {ctx.site.name} activation from the source forward (was the model called with inputs?)")
+    if ctx.source.shape != x.shape:
+        raise ValueError(f"source activation for site {ctx.site.name}: expected shape {list(x.shape)}, got {list(ctx.source.shape)}")
+    return ctx.source
+
+
+@dataclass
+class Freeze(Op):
+    """Forward unchanged; gradient through the selection is stopped (scaled by 1 - alpha)."""
+
+    kind: ClassVar[str] = "freeze"
+    replaces: ClassVar[bool] = False
+
+    def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        return x - m * (x - x.detach())
+
+
+@dataclass
+class GradOnly(Op):
+    """The reverse of freeze: forward unchanged; within the site, gradient flows only through the
+    selection (e.g. one head of ``layer1.head2.z``), the rest of the site is detached."""
+
+    kind: ClassVar[str] = "grad_only"
+    replaces: ClassVar[bool] = False
+
+    def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        alpha = float(m.max()) if m.numel() else 0.0
+        return x - (alpha - m) * (x - x.detach())
+
+
+OPS: dict[str, type[Op]] = {
+    cls.kind: cls for cls in (Zero, Mean, Resample, Constant, Scale, Noise, ClampToReference, Patch, Construct, Freeze, GradOnly)
+}
+
+
+def make_op(spec: dict[str, Any] | Op) -> Op:
+    """Build and validate an op from its YAML dict ``{kind: ..., **params}``."""
+    if isinstance(spec, Op):
+        spec.validate()
+        return spec
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"op must be a mapping with a `kind`, got {spec!r}; valid kinds: {sorted(OPS)}")
+    params = dict(spec)
+    kind = params.pop("kind")
+    if kind not in OPS:
+        raise ValueError(f"unknown op kind {kind!r}; valid kinds: {sorted(OPS)}")
+    cls = OPS[kind]
+    valid = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"op {kind!r} got unknown parameter(s) {unknown}; valid: {valid or 'none'}")
+    op = cls(**params)
+    op.validate()
+    return op

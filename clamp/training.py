@@ -1,0 +1,129 @@
+"""The LightningModule that trains a site-bearing transformer on any synthetic task.
+
+Loss and accuracy are computed only where the batch's ``loss_mask`` is set, so the same module
+serves next-token tasks (loss everywhere) and the exemplar-label task (loss at the query only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from models import Transformer, TransformerConfig
+from synthetic_data.base import TaskSpec
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warmup followed by a constant or cosine schedule (per optimizer step)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    total_steps: int = 0  # cosine length; 0 -> trainer.max_steps
+
+    def validate(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}; valid: 'constant', 'cosine'")
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"invalid optimizer config {self}")
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier on ``lr`` at optimizer step ``step``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant" or total <= self.warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def masked_loss_and_accuracy(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and accuracy over the positions in ``batch['loss_mask']`` (computed in fp32)."""
+    mask = batch["loss_mask"]
+    picked = logits[mask].float()
+    targets = batch["targets"][mask]
+    loss = F.cross_entropy(picked, targets)
+    acc = (picked.argmax(-1) == targets).float().mean()
+    return loss, acc
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The positional arguments a site model's forward takes from a task batch."""
+    return batch["tokens"], batch.get("features"), batch.get("feature_mask")
+
+
+class TrainingModule(L.LightningModule):
+    """Trains :class:`models.Transformer` on a task; logs ``train/*`` and ``val/<split>/*`` to TensorBoard.
+
+    Args:
+        transformer: architecture; sizes left at 0 are filled from ``task``.
+        optimizer: AdamW and learning-rate schedule.
+        task: the data's :class:`TaskSpec` (linked automatically from the DataModule by the CLI).
+    """
+
+    def __init__(
+        self,
+        transformer: TransformerConfig = TransformerConfig(),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        task: TaskSpec | None = None,
+    ) -> None:
+        super().__init__()
+        optimizer.validate()
+        spec = task or TaskSpec(d_vocab=0, n_ctx=0)
+        self.model_config = transformer.resolved(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx, d_feature=spec.d_feature, d_out=spec.d_out)
+        self.optimizer_config = optimizer
+        self.model = Transformer(self.model_config)
+        self.save_hyperparameters({"transformer": asdict(transformer), "optimizer": asdict(optimizer), "task": asdict(spec)})
+
+    @classmethod
+    def from_hparams(cls, hparams: dict[str, Any]) -> TrainingModule:
+        """Rebuild an (untrained) module from a checkpoint's ``hyper_parameters``."""
+        return cls(
+            TransformerConfig(**hparams["transformer"]),
+            OptimizerConfig(**hparams["optimizer"]),
+            TaskSpec(**hparams["task"]),
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(*model_inputs(batch))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, acc = masked_loss_and_accuracy(self(batch), batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", acc)
+        return loss
+
+    def _split_name(self, dataloader_idx: int) -> str:
+        names = getattr(getattr(self.trainer, "datamodule", None), "eval_split_names", None)
+        return names[dataloader_idx] if names else f"split{dataloader_idx}"
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss, acc = masked_loss_and_accuracy(self(batch), batch)
+        split = self._split_name(dataloader_idx)
+        n = int(batch["loss_mask"].sum())
+        kw = dict(add_dataloader_idx=False, sync_dist=True, batch_size=n)
+        self.log(f"val/{split}/loss", loss, prog_bar=dataloader_idx == 0, **kw)
+        self.log(f"val/{split}/acc", acc, prog_bar=dataloader_idx == 0, **kw)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optimizer_config
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+        )
+        total = cfg.total_steps or max(int(self.trainer.max_steps), 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_factor(s, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,221 @@
+"""Named intervention sites: identity points in a forward pass that hooks can read or rewrite.
+
+A :class:`Site` costs one Python attribute check when nothing is attached, so a model can
+mark every interesting activation without slowing ordinary training. Hooks are plain
+callables ``fn(tensor, site) -> tensor | None`` (``None`` means "read only").
+
+Shape convention (the same for every model that exposes sites):
+
+* per-head sites (``q``, ``k``, ``v``, ``z``, ``result``, ``attn_scores``, ``pattern``) put the
+  head axis at dim 1: ``[batch, head, pos, ...]``; ``pattern`` is ``[batch, head, q_pos, k_pos]``;
+* residual-like sites are ``[batch, pos, d]``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+Hook = Callable[[torch.Tensor, "Site"], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """Static description of a site: its name, named dims and the sizes known before a forward."""
+
+    name: str
+    dims: tuple[str, ...]
+    sizes: dict[str, int] = field(default_factory=dict)
+    layer: int | None = None
+
+    @property
+    def head_dim(self) -> int | None:
+        """Index of the head axis, or None for sites without heads."""
+        return self.dims.index("head") if "head" in self.dims else None
+
+    @property
+    def pos_dim(self) -> int | None:
+        """Index of the (query) position axis, or None."""
+        for name in ("pos", "q_pos"):
+            if name in self.dims:
+                return self.dims.index(name)
+        return None
+
+    def shape_str(self) -> str:
+        parts = [f"{d}={self.sizes[d]}" if d in self.sizes else d for d in self.dims]
+        return "[" + ", ".join(parts) + "]"
+
+    def expected_shape(self, batch: int, seq: int) -> tuple[int, ...]:
+        """Concrete shape for a given batch size and sequence length."""
+        out = []
+        for d in self.dims:
+            if d == "batch":
+                out.append(batch)
+            elif d in ("pos", "q_pos", "k_pos"):
+                out.append(seq)
+            else:
+                out.append(self.sizes[d])
+        return tuple(out)
+
+
+class Site(nn.Module):
+    """An identity module with a name. Hooks attached to it read or replace the activation."""
+
+    def __init__(self, info: SiteInfo) -> None:
+        super().__init__()
+        self.info = info
+        self._hooks: list[Hook] = []
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def active(self) -> bool:
+        """True when any hook is attached (models use this to materialise lazy activations)."""
+        return bool(self._hooks)
+
+    def add_hook(self, fn: Hook) -> Callable[[], None]:
+        """Attach ``fn``; returns a callable that removes exactly this hook."""
+        self._hooks.append(fn)
+
+        def remove() -> None:
+            if fn in self._hooks:
+                self._hooks.remove(fn)
+
+        return remove
+
+    def clear_hooks(self) -> None:
+        self._hooks.clear()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for fn in self._hooks:
+            out = fn(x, self)
+            if out is not None:
+                x = out
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.name} {self.info.shape_str()}"
+
+
+class UnknownSiteError(KeyError):
+    """A site name or selector that the model does not have (the message lists the valid ones)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+_HEAD_RE = re.compile(r"^(?P<prefix>.*?)\.head(?P<head>\d+|\*)\.(?P<leaf>[^.]+)$")
+
+
+class SiteModelMixin:
+    """Gives any ``nn.Module`` holding :class:`Site` submodules a name-based site API.
+
+    The project's own transformer and Hugging Face adapters both use this, so the
+    interventions engine and metrics never depend on a particular model class.
+    """
+
+    n_layers: int
+    n_heads: int
+
+    def site_map(self) -> dict[str, Site]:
+        cache = getattr(self, "_site_cache", None)
+        if cache is None:
+            cache = {m.name: m for m in self.modules() if isinstance(m, Site)}  # type: ignore[attr-defined]
+            object.__setattr__(self, "_site_cache", cache)
+        return cache
+
+    def sites(self) -> list[SiteInfo]:
+        """Every site of the model, in forward order, with its named dims and known sizes."""
+        return [s.info for s in self.site_map().values()]
+
+    def describe_sites(self) -> str:
+        """Human-readable table of sites (used in error messages and ``clamp sites``)."""
+        rows = [f"  {i.name:<24} {i.shape_str()}" for i in self.sites()]
+        head_sites = sorted({i.name.split(".")[-1] for i in self.sites() if i.head_dim is not None})
+        tail = (
+            f"\n  per-head selectors: layer<L>.head<H>.<{'|'.join(head_sites)}> "
+            f"(H in 0..{self.n_heads - 1} or *), layer* matches every layer"
+            if head_sites
+            else ""
+        )
+        return "\n".join(rows) + tail
+
+    def site(self, name: str) -> Site:
+        """The site called ``name``; an unknown name raises with the list of valid sites."""
+        try:
+            return self.site_map()[name]
+        except KeyError:
+            raise UnknownSiteError(f"unknown site {name!r}; this model's sites are:\n{self.describe_sites()}") from None
+
+    def resolve_sites(self, selector: str) -> list[tuple[Site, int | None]]:
+        """Expand a selector into ``(site, head)`` pairs.
+
+        ``layer1.head3.z`` -> one head of one site; ``layer1.head*.z`` -> every head;
+        ``layer*.resid_post`` -> every layer. ``head=None`` means the whole tensor.
+        """
+        head: str | None = None
+        base = selector
+        m = _HEAD_RE.match(selector)
+        if m:
+            base = f"{m['prefix']}.{m['leaf']}"
+            head = m["head"]
+        pattern = re.compile("^" + re.escape(base).replace(r"\*", r"\d+") + "$")
+        matched = [s for n, s in self.site_map().items() if pattern.match(n)]
+        if not matched:
+            raise UnknownSiteError(f"site selector {selector!r} matches no site; this model's sites are:\n{self.describe_sites()}")
+        out: list[tuple[Site, int | None]] = []
+        for s in matched:
+            if head is None:
+                out.append((s, None))
+                continue
+            if s.info.head_dim is None:
+                raise ValueError(f"selector {selector!r}: site {s.name!r} has no head axis (dims {s.info.dims})")
+            n_heads = s.info.sizes["head"]
+            heads = range(n_heads) if head == "*" else [int(head)]
+            for h in heads:
+                if not 0 <= h < n_heads:
+                    raise ValueError(f"selector {selector!r}: head {h} out of range; valid heads are 0..{n_heads - 1}")
+                out.append((s, h))
+        return out
+
+    @contextmanager
+    def hooks(self, pairs: Sequence[tuple[str, Hook]]) -> Iterator[None]:
+        """Attach ``(site_name, fn)`` hooks for the duration of the block."""
+        removers = [self.site(name).add_hook(fn) for name, fn in pairs]
+        try:
+            yield
+        finally:
+            for r in removers:
+                r()
+
+    def intervene(self, interventions, **kwargs):  # noqa: ANN001, ANN201 (see clamp.interventions.intervene)
+        """``with model.intervene([...]):`` — apply clamp interventions for the block (analysis use)."""
+        from clamp.interventions.engine import intervene
+
+        return intervene(self, interventions, **kwargs)  # type: ignore[arg-type]
+
+    def run_with_cache(self, *args, names: Sequence[str] | None = None, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward once and return ``(output, {site_name: activation})`` for the requested sites.
+
+        Activations are detached. Asking for ``pattern`` forces the explicit attention path,
+        which is numerically equivalent to the fused one (see tests).
+        """
+        wanted = list(self.site_map()) if names is None else list(names)
+        cache: dict[str, torch.Tensor] = {}
+
+        def make(name: str) -> Hook:
+            def read(x: torch.Tensor, _site: Site) -> None:
+                cache[name] = x.detach()
+
+            return read
+
+        with self.hooks([(n, make(n)) for n in wanted]):
+            out = self(*args, **kwargs)  # type: ignore[operator]
+        return out, cache

@@ -1,0 +1,122 @@
+"""Lightning DataModule serving any :class:`SyntheticTask`: an endless, seeded train stream and fixed eval sets."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from synthetic_data.base import SyntheticTask, TaskSpec, batch_rng
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class TaskStream(IterableDataset):
+    """Endless stream of whole batches.
+
+    The ``k``-th batch this rank consumes is global batch ``(start + k) * world + rank``; DataLoader
+    workers take interleaved ``k`` so their round-robin output keeps that order. Starting at
+    ``start`` (the batches already consumed) makes a resumed run see exactly the data an
+    uninterrupted run would have seen.
+    """
+
+    def __init__(self, task: SyntheticTask, batch_size: int, seed: int, start: int = 0) -> None:
+        self.task, self.batch_size, self.seed, self.start = task, batch_size, seed, start
+
+    def __iter__(self):
+        rank, world = _rank_world()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        k = wid
+        while True:
+            index = (self.start + k) * world + rank
+            yield self.task.sample(batch_rng(self.seed, 0, index), self.batch_size, "train")
+            k += nw
+
+
+class TensorDictDataset(Dataset):
+    """Map-style view over a dict of equally long tensors (so Lightning can shard it across ranks)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        lengths = {len(v) for v in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors have different lengths: { {k: len(v) for k, v in tensors.items()} }")
+        self.tensors = tensors
+        self.n = lengths.pop()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+class SyntheticDataModule(L.LightningDataModule):
+    """Train stream plus one fixed eval set per ``task.eval_splits``, all determined by ``seed``.
+
+    Args:
+        task: the task generator.
+        batch_size: training sequences per step (per rank).
+        eval_size: sequences in each fixed eval split.
+        eval_batch_size: batch size for evaluation.
+        seed: fixes the task's structure, the train stream and the eval sets.
+        num_workers: DataLoader workers for the train stream (0 = in the main process).
+    """
+
+    def __init__(
+        self,
+        task: SyntheticTask,
+        batch_size: int = 128,
+        eval_size: int = 1024,
+        eval_batch_size: int = 512,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or eval_size <= 0 or eval_batch_size <= 0:
+            raise ValueError(f"batch sizes must be > 0, got batch_size={batch_size}, eval_size={eval_size}, eval_batch_size={eval_batch_size}")
+        self.task = task
+        self.batch_size, self.eval_size, self.eval_batch_size = batch_size, eval_size, eval_batch_size
+        self.seed, self.num_workers = seed, num_workers
+        self.task.setup(seed)
+        self._eval: dict[str, dict[str, torch.Tensor]] | None = None
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.task.spec
+
+    @property
+    def eval_split_names(self) -> tuple[str, ...]:
+        return tuple(self.task.eval_splits)
+
+    def eval_set(self, split: str) -> dict[str, torch.Tensor]:
+        """The fixed eval set of ``split`` (the same tensors on every call, rank and resume)."""
+        if self._eval is None:
+            self._eval = {
+                name: self.task.sample(batch_rng(self.seed, 1 + i, 0), self.eval_size, name)
+                for i, name in enumerate(self.task.eval_splits)
+            }
+        if split not in self._eval:
+            raise KeyError(f"unknown eval split {split!r}; valid: {list(self._eval)}")
+        return self._eval[split]
+
+    def _consumed_batches(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches
+
+    def train_dataloader(self) -> DataLoader:
+        stream = TaskStream(self.task, self.batch_size, self.seed, start=self._consumed_batches())
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(TensorDictDataset(self.eval_set(name)), batch_size=self.eval_batch_size, shuffle=False)
+            for name in self.eval_split_names
+        ]
