@@ -1,6 +1,7 @@
 """clamp: training-time interventions on transformers ("artificial optogenetics")."""
 
 from clamp.interventions import ClampCallback, Intervention, MetricCondition, Schedule, Window, intervene
+from clamp.metrics import EmergenceCallback
 from clamp.training import OptimizerConfig, TrainingModule
 
-__all__ = ["ClampCallback", "Intervention", "MetricCondition", "OptimizerConfig", "Schedule", "TrainingModule", "Window", "intervene"]
+__all__ = ["ClampCallback", "EmergenceCallback", "Intervention", "MetricCondition", "OptimizerConfig", "Schedule", "TrainingModule", "Window", "intervene"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from clamp.training import TrainingModule
@@ -25,12 +26,17 @@ class ClampCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.add_argument("--experiment", type=str, default="default", help="Run name: logs go to runs/<experiment>/<version>/.")
+        parser.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: torch's default). Tiny models run fastest with 1.")
         parser.link_arguments("data.spec", "model.task", apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed")
         parser.set_defaults({"trainer.logger": DEFAULT_LOGGER, "seed_everything": 0})
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.torch_threads < 0:
+            raise ValueError(f"torch_threads={cfg.torch_threads} must be >= 0")
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
         logger = cfg.trainer.logger
         if getattr(logger, "class_path", "").endswith("TensorBoardLogger") and logger.init_args.name == "default":
             logger.init_args.name = cfg.experiment

@@ -152,6 +152,8 @@ class Attention(nn.Module):
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
             mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             scores = self.attn_scores(scores.masked_fill(~mask, float("-inf")))
+            if self.attn_scores.active:  # re-mask: hooks must not un-mask the future (and -inf - -inf = NaN there)
+                scores = scores.masked_fill(~mask, float("-inf"))
             pattern = self.pattern(scores.softmax(dim=-1))
             z = pattern @ v
         else:

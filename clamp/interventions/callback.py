@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -71,7 +72,7 @@ class ClampCallback(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.engine is not None
         if "init" in self.engine.reference_keys() and self._init_state is None:
-            if trainer.global_step != 0:
+            if trainer.ckpt_path is not None:  # weights are already the checkpoint's here, not the init
                 raise RuntimeError("a `reference: init` clamp needs the run's initial weights, but this run resumed from a checkpoint that does not hold them")
             self._init_state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
         self.engine.load_references(self._init_state, device=pl_module.device)
@@ -98,6 +99,19 @@ class ClampCallback(Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.engine is not None:
             self.engine.detach()
+
+    @contextmanager
+    def probing(self, trainer: L.Trainer) -> Iterator[None]:
+        """Run a block (e.g. emergence probes) with the interventions as in validation."""
+        if self.engine is None:
+            yield
+            return
+        previous = self.engine.mode
+        self._set(trainer, "val")
+        try:
+            yield
+        finally:
+            self._set(trainer, previous)
 
     def _set(self, trainer: L.Trainer, mode: str) -> dict[str, float]:
         if self.engine is None:

@@ -283,7 +283,14 @@ class InterventionEngine:
         by_site: dict[str, tuple[Site, list[tuple[Bound, int | None]]]] = {}
         for b in live:
             for site, head in b.targets:
-                by_site.setdefault(site.name, (site, []))[1].append((b, head))
+                entries = by_site.setdefault(site.name, (site, []))[1]
+                if b.op.kind == "grad_only" and head is not None and entries and entries[-1][0] is b:
+                    # one grad_only over several heads of a site keeps the gradient of all of them:
+                    # apply it once with the union of the heads (per head, each would detach the others)
+                    prev = entries[-1][1]
+                    entries[-1] = (b, (*(prev if isinstance(prev, tuple) else (prev,)), head))
+                    continue
+                entries.append((b, head))
         for site, entries in by_site.values():
             self._removers.append(site.add_hook(self._make_hook(entries)))
         if any(b.op.source for b in live):
@@ -301,14 +308,14 @@ class InterventionEngine:
         self._remove_hooks()
         self._sources = {}
 
-    def _mask(self, site: Site, head: int | None, spec: Intervention, x: torch.Tensor) -> torch.Tensor:
+    def _mask(self, site: Site, head: int | tuple[int, ...] | None, spec: Intervention, x: torch.Tensor) -> torch.Tensor:
         key = (site.name, head, spec.label, tuple(x.shape[1:]), x.device, x.dtype)
         m = self._mask_cache.get(key)
         if m is None:
             info = site.info
             m = torch.ones((1,) * x.dim(), device=x.device, dtype=x.dtype)
             if head is not None and info.head_dim is not None:
-                m = m * self._axis_mask(x, info.head_dim, [head])
+                m = m * self._axis_mask(x, info.head_dim, list(head) if isinstance(head, tuple) else [head])
             if spec.positions is not None and info.pos_dim is not None:
                 m = m * self._axis_mask(x, info.pos_dim, spec.positions)
             if spec.features is not None:

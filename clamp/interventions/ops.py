@@ -105,7 +105,8 @@ class Noise(Op):
 class Mean(Op):
     """Mean-ablation. ``over``: 'batch' (per position), 'batch_pos' (over batch and positions),
     or 'running' (an exponential moving average of the batch mean over training, updated on
-    training forwards only, averaged across ranks under DDP, and checkpointed)."""
+    training forwards only, averaged across ranks under DDP, and checkpointed; before the first
+    training forward it falls back to the batch mean)."""
 
     kind: ClassVar[str] = "mean"
     over: str = "batch"
@@ -124,7 +125,8 @@ class Mean(Op):
         if self.over == "batch_pos":
             pos = ctx.site.info.pos_dim
             return xd.mean(dim=(0, pos), keepdim=True) if pos is not None else xd.mean(0, keepdim=True)
-        key = ctx.site.name
+        # one EMA per (site, head): a `head*` selector calls the op once per head on the same forward
+        key = ctx.site.name if ctx.head is None else f"{ctx.site.name}.head{ctx.head}"
         run = ctx.state.setdefault("running_mean", {})
         if ctx.mode == "train":
             batch_mean = xd.mean(0)
@@ -133,8 +135,8 @@ class Mean(Op):
                 batch_mean /= dist.get_world_size()
             prev = run.get(key)
             run[key] = batch_mean if prev is None else prev.to(batch_mean) + self.momentum * (batch_mean - prev.to(batch_mean))
-        if key not in run:
-            raise RuntimeError(f"mean(over='running') on {key}: no running mean yet (needs at least one training forward)")
+        if key not in run:  # evaluated before any training forward: the batch is the best estimate
+            return xd.mean(0, keepdim=True)
         return run[key].to(x.device)[None]
 
 
@@ -184,8 +186,7 @@ def check_value_shape(v: torch.Tensor, x: torch.Tensor, ctx: OpContext, what: st
     want = tuple(s for i, s in enumerate(x.shape) if i not in drop)
     dims = [d for i, d in enumerate(info.dims) if i not in drop]
     try:
-        torch.broadcast_shapes(tuple(v.shape), want)
-        if v.dim() > len(want):
+        if torch.broadcast_shapes(tuple(v.shape), want) != torch.Size(want) or v.dim() > len(want):
             raise RuntimeError
     except RuntimeError:
         raise ValueError(

@@ -34,7 +34,7 @@ class Window:
         if self.ramp:
             a = min(a, (step - self.start + 1) / self.ramp)
         if self.ramp_out and self.stop is not None:
-            a = min(a, (self.stop - step) / (self.ramp_out + 1))
+            a = min(a, (self.stop - step) / self.ramp_out)  # mirror of the ramp in: 1 at stop - ramp_out, 1/ramp_out at stop - 1
         return a
 
 
@@ -104,7 +104,7 @@ class Schedule:
             if step >= released_at + self.until.ramp_out:
                 a = 0.0
             elif self.until.ramp_out:
-                a *= (released_at + self.until.ramp_out - step) / (self.until.ramp_out + 1)
+                a *= min(1.0, (released_at + self.until.ramp_out - step) / self.until.ramp_out)
         return a * self.strength
 
     def bounds(self) -> tuple[int, float]:

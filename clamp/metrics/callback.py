@@ -1,0 +1,332 @@
+"""``EmergenceCallback``: watch circuits form, every N steps, on fixed seeded probe sets.
+
+Probes (no gradients, batched, on the module's device, global rank 0 only):
+
+* ``task``: the first ``probe_size`` sequences of the DataModule's main eval split (e.g. the
+  bursty task's in-context split): previous-token, task induction (attention to ``copy_src``),
+  retrieval, copying, label->exemplar and query->matching-label attention, attention sink,
+  and the causal importance of each head (loss increase when its ``z`` is zero- or mean-ablated
+  through the interventions engine); model-level loss per position and the ICL score.
+* ``repeat``: repeated random tokens (Olsson et al. 2022) from the model's output vocabulary:
+  previous-token, induction, prefix-matching, copying and retrieval scores.
+
+Scalars go to every logger as ``<probe>/<metric>/L{l}H{h}`` and ``curves/...``; heatmaps are
+images ``heatmap/<probe>/<metric>``; a custom-scalar layout groups the heads of each metric in
+one chart. Curve history is checkpointed; at the end of fit, phase changes of the main curves
+and every per-head curve are detected and written to TensorBoard and ``summary.json``.
+Active clamps (``ClampCallback``) apply to probes as they do in validation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from clamp.metrics import curves, heads
+from clamp.metrics.phase import detect_phase_change
+from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
+from clamp.training import masked_loss_and_accuracy, model_inputs
+from synthetic_data.base import batch_rng
+from synthetic_data.repeated_tokens import RepeatedTokens
+
+HEAD_METRICS_FOR_PHASE = ("task/induction", "task/query_to_match", "task/label_to_exemplar", "task/prev_token", "repeat/induction", "repeat/prev_token")
+
+
+def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+class EmergenceCallback(Callback):
+    """Per-head emergence scores, model-level curves, heatmaps and phase-change detection.
+
+    Args:
+        every_n_steps: probe cadence in optimizer steps (also probes at step 0).
+        probe_size: sequences per probe set.
+        probe_seed: seeds the repeated-token probe (the task probe comes from the fixed eval set).
+        causal: log each head's causal importance (``task/ablate_zero`` and ``task/ablate_mean``).
+        heatmap_every_n_steps: cadence of layer x head heatmap images (0 = only at the end).
+        phase_curves: scalar tags to run phase-change detection on at the end (besides the
+            per-head curves of the main metrics); defaults to every ``val/*`` tag and ``train/loss``.
+        icl_positions: ``(early, late)`` positions for the ICL score; default ``(T // 10, T - 2)``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        probe_size: int = 256,
+        probe_seed: int = 1234,
+        causal: bool = True,
+        heatmap_every_n_steps: int = 500,
+        phase_curves: list[str] | None = None,
+        icl_positions: tuple[int, int] | None = None,
+    ) -> None:
+        if every_n_steps <= 0 or probe_size <= 1:
+            raise ValueError(f"every_n_steps must be > 0 and probe_size > 1, got {every_n_steps}, {probe_size}")
+        self.every_n_steps, self.probe_size, self.probe_seed = every_n_steps, probe_size, probe_seed
+        self.causal, self.heatmap_every_n_steps = causal, heatmap_every_n_steps
+        self.phase_curves, self.icl_positions = phase_curves, icl_positions
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.last_heads: dict[str, np.ndarray] = {}
+        self._probes: dict[str, dict[str, torch.Tensor]] | None = None
+        self._layout_written = False
+
+    # ------------------------------------------------------------------ probe sets
+    def _build_probes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, torch.Tensor]]:
+        cfg = pl_module.model.cfg
+        probes: dict[str, dict[str, torch.Tensor]] = {}
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "eval_set"):
+            main = dm.eval_split_names[0]
+            probes["task"] = {k: v[: self.probe_size] for k, v in dm.eval_set(main).items()}
+        vocab = min(cfg.d_vocab, cfg.d_out)
+        max_period = cfg.n_ctx // 2
+        if vocab >= 2 and max_period >= 2:
+            rep = RepeatedTokens(vocab_size=vocab, seq_len=cfg.n_ctx, min_period=max(2, max_period // 3), max_period=max_period)
+            rep.setup(self.probe_seed)
+            probes["repeat"] = rep.sample(batch_rng(self.probe_seed, 99, 0), self.probe_size, "eval")
+        return {name: _to(b, pl_module.device) for name, b in probes.items()}
+
+    # ------------------------------------------------------------------ measuring
+    @contextmanager
+    def _clamps_as_in_validation(self, trainer: L.Trainer) -> Iterator[None]:
+        with ExitStack() as stack:
+            for cb in trainer.callbacks:
+                if hasattr(cb, "probing") and callable(cb.probing):
+                    stack.enter_context(cb.probing(trainer))
+            yield
+
+    def _ablation_importance(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+        base, _ = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
+        out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers):
+            for head in range(model.cfg.n_heads):
+                op = {"kind": "zero"} if kind == "zero" else {"kind": "mean", "over": "batch"}
+                with model.intervene([{"site": f"layer{layer}.head{head}.z", "op": op, "name": "probe"}]):
+                    loss, _ = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
+                out[layer, head] = loss - base
+        return out
+
+    def measure(self, pl_module: L.LightningModule) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """All per-head scores ``{probe/metric: [L, H]}`` and model-level scalars, from real activations."""
+        model = pl_module.model
+        assert self._probes is not None
+        head_scores: dict[str, torch.Tensor] = {}
+        scalars: dict[str, float] = {}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for probe, batch in self._probes.items():
+                    for name, s in heads.all_head_scores(model, batch).items():
+                        head_scores[f"{probe}/{name}"] = s.detach().float().cpu()
+                    logits = model(*model_inputs(batch))
+                    lbp = curves.loss_by_position(logits, batch["targets"], batch["loss_mask"]).cpu()
+                    scalars[f"curves/{probe}/loss"] = float(masked_loss_and_accuracy(logits, batch)[0])
+                    scalars[f"curves/{probe}/acc"] = float(curves.accuracy(logits, batch["targets"], batch["loss_mask"]))
+                    scored = [i for i in range(len(lbp)) if math.isfinite(float(lbp[i]))]
+                    for i in scored:
+                        scalars[f"curves/{probe}/loss_pos/{i:03d}"] = float(lbp[i])
+                    if len(scored) >= 2:
+                        early, late = self.icl_positions or (max(scored[0], len(lbp) // 10), scored[-1])
+                        if early in scored and late in scored:
+                            scalars[f"curves/{probe}/icl_score"] = float(curves.in_context_learning_score(lbp, early, late))
+                    scalars[f"curves/{probe}/attn_sink"] = float(head_scores[f"{probe}/attn_sink"].nanmean())
+                    if self.causal and probe == "task":
+                        head_scores["task/ablate_zero"] = self._ablation_importance(model, batch, "zero")
+                        head_scores["task/ablate_mean"] = self._ablation_importance(model, batch, "mean")
+        finally:
+            model.train(was_training)
+        return head_scores, scalars
+
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        with self._clamps_as_in_validation(trainer):
+            head_scores, scalars = self.measure(pl_module)
+        metrics = dict(scalars)
+        for name, s in head_scores.items():
+            metrics.update(head_scalars(name, s))
+            self.last_heads[name] = s.numpy()
+        for k, v in metrics.items():
+            if _finite(v):
+                self.history.setdefault(k, []).append((step, v))
+        for logger in trainer.loggers:
+            logger.log_metrics({k: v for k, v in metrics.items() if _finite(v)}, step=step)
+        if not self._layout_written:
+            self._write_layout(trainer, sorted(head_scores), pl_module)
+        if self.heatmap_every_n_steps and step % self.heatmap_every_n_steps == 0:
+            self._log_heatmaps(trainer, step)
+
+    # ------------------------------------------------------------------ tensorboard
+    def _tensorboards(self, trainer: L.Trainer) -> list[Any]:
+        return [lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_custom_scalars")]
+
+    def _write_layout(self, trainer: L.Trainer, metric_names: list[str], pl_module: L.LightningModule) -> None:
+        cfg = pl_module.model.cfg
+        layout = custom_scalar_layout(metric_names, cfg.n_layers, cfg.n_heads)
+        layout["accuracy"] = {
+            "in-context vs in-weights": ["Multiline", [r"^val/.*/acc$"]],
+            "loss": ["Multiline", [r"^train/loss$", r"^val/.*/loss$"]],
+            "clamp alphas": ["Multiline", [r"^clamp/alpha/.*"]],
+        }
+        for tb in self._tensorboards(trainer):
+            tb.add_custom_scalars(layout)
+        self._layout_written = True
+
+    def _log_heatmaps(self, trainer: L.Trainer, step: int) -> None:
+        for tb in self._tensorboards(trainer):
+            for name, s in self.last_heads.items():
+                tb.add_image(f"heatmap/{name}", heatmap_image(s, f"{name} @ step {step}"), step, dataformats="HWC")
+
+    def _hp_metric_names(self, trainer: L.Trainer) -> list[str]:
+        splits = getattr(trainer.datamodule, "eval_split_names", ()) if trainer.datamodule is not None else ()
+        names = [f"hp/{s}/{m}" for s in splits for m in ("acc_final", "loss_final", "acc_phase_midpoint")]
+        return names + ["hp/train/loss_final"]
+
+    def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """One HParams entry per run: model/optimizer/task config and the interventions, so runs compare side by side."""
+        from torch.utils.tensorboard.summary import hparams
+
+        params: dict[str, Any] = {}
+        for group, values in pl_module.hparams.items():
+            if isinstance(values, Mapping):
+                params.update({f"{group}/{k}": v for k, v in values.items() if isinstance(v, (int, float, str, bool))})
+        task = getattr(trainer.datamodule, "task", None)
+        if task is not None:
+            params["data/task"] = type(task).__name__
+            params.update({f"data/{k}": v for k, v in vars(task).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))})
+        clamps = [i for cb in trainer.callbacks if hasattr(cb, "config_summary") for i in cb.config_summary()]
+        params["clamp/summary"] = "; ".join(_describe(i) for i in clamps) or "none"
+        for n, item in enumerate(clamps):
+            params[f"clamp/{n}/site"] = item["site"]
+            params[f"clamp/{n}/op"] = json.dumps(item["op"], sort_keys=True)
+            params[f"clamp/{n}/schedule"] = json.dumps(item["schedule"], sort_keys=True, default=str)
+        exp, ssi, sei = hparams(params, {name: 0.0 for name in self._hp_metric_names(trainer)})
+        for tb in self._tensorboards(trainer):
+            writer = tb._get_file_writer()
+            for summary in (exp, ssi, sei):
+                writer.add_summary(summary)
+
+    def _final_hp_metrics(self, trainer: L.Trainer, summary: Mapping[str, Any]) -> dict[str, float]:
+        out = {}
+        for name in self._hp_metric_names(trainer):
+            split, metric = name.split("/")[1:]
+            tag = "train/loss" if split == "train" else f"val/{split}/{metric.split('_')[0]}"
+            if metric.endswith("_final") and tag in summary["final"]:
+                out[name] = summary["final"][tag]
+            elif metric == "acc_phase_midpoint" and summary["phase_changes"].get(tag):
+                out[name] = summary["phase_changes"][tag]["midpoint"]
+        return out
+
+    # ------------------------------------------------------------------ lightning hooks
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._probes = self._build_probes(trainer, pl_module)
+        if trainer.global_step == 0:
+            self._write_hparams(trainer, pl_module)
+        if trainer.global_step % self.every_n_steps == 0 and not any(s == trainer.global_step for s, _ in self.history.get("curves/task/loss", [])):
+            self._probe(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            self.history.setdefault("train/loss", []).append((trainer.global_step, float(loss.detach())))
+        if trainer.global_step % self.every_n_steps == 0:
+            self._probe(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith("val/") and isinstance(v, torch.Tensor) and v.numel() == 1:
+                hist = self.history.setdefault(k, [])
+                if not hist or hist[-1][0] != trainer.global_step:
+                    hist.append((trainer.global_step, float(v)))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.last_heads:
+            self._log_heatmaps(trainer, trainer.global_step)
+        summary = self.summarize(trainer)
+        for logger in trainer.loggers:
+            flat = {f"phase/{c}/{k}": v for c, pc in summary["phase_changes"].items() if pc for k, v in pc.items() if isinstance(v, float)}
+            logger.log_metrics({**flat, **self._final_hp_metrics(trainer, summary)}, step=trainer.global_step)
+        for tb in self._tensorboards(trainer):
+            tb.add_text("phase_changes", _markdown_table(summary["phase_changes"]), trainer.global_step)
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        if log_dir:
+            path = Path(log_dir) / "summary.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(summary, indent=2))
+
+    # ------------------------------------------------------------------ summary
+    def _phase_curves(self) -> list[str]:
+        main = self.phase_curves or sorted(k for k in self.history if k.startswith("val/") or k == "train/loss")
+        per_head = sorted(k for k in self.history if k.rsplit("/", 1)[0] in HEAD_METRICS_FOR_PHASE)
+        return [c for c in main + per_head if c in self.history]
+
+    def summarize(self, trainer: L.Trainer | None = None) -> dict[str, Any]:
+        """Phase changes of the main and per-head curves, final values and top heads (``summary.json``)."""
+        phases = {}
+        for curve in self._phase_curves():
+            steps, values = zip(*self.history[curve])
+            pc = detect_phase_change(np.asarray(steps, float), np.asarray(values, float))
+            phases[curve] = pc.to_dict() if pc else None
+        top = {}
+        for name, s in sorted(self.last_heads.items()):
+            flat = [(float(v), l, h) for (l, h), v in np.ndenumerate(s) if math.isfinite(float(v))]
+            flat.sort(reverse=True)
+            top[name] = [{"head": f"L{l}H{h}", "score": v} for v, l, h in flat[:3]]
+        final = {k: v[-1][1] for k, v in sorted(self.history.items()) if "/L" not in k}
+        clamps = [cb.config_summary() for cb in (trainer.callbacks if trainer else []) if hasattr(cb, "config_summary")]
+        return {
+            "step": trainer.global_step if trainer else None,
+            "phase_changes": phases,
+            "final": final,
+            "top_heads": top,
+            "interventions": [i for c in clamps for i in c],
+        }
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        # tensors and plain lists only: Lightning loads checkpoints with torch.load(weights_only=True)
+        return {
+            "history": {k: [(int(s), float(v)) for s, v in h] for k, h in self.history.items()},
+            "last_heads": {k: torch.from_numpy(np.asarray(v)) for k, v in self.last_heads.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {k: [tuple(x) for x in v] for k, v in state_dict.get("history", {}).items()}
+        self.last_heads = {k: v.numpy() for k, v in state_dict.get("last_heads", {}).items()}
+
+
+def _describe(item: Mapping[str, Any]) -> str:
+    sched = item.get("schedule") or {}
+    stop = sched.get("stop")
+    window = f"[{sched.get('start', 0)},{'inf' if stop is None else stop})" if not sched.get("windows") else "windows"
+    extra = "+until" if sched.get("until") else ""
+    return f"{item['site']}:{item['op'].get('kind')}@{window}{extra}"
+
+
+def _markdown_table(phases: Mapping[str, Mapping[str, Any] | None]) -> str:
+    rows = ["| curve | onset | midpoint | end | jump |", "|---|---|---|---|---|"]
+    for curve, pc in phases.items():
+        if pc:
+            rows.append(f"| {curve} | {pc['onset']:.0f} | {pc['midpoint']:.0f} | {pc['end']:.0f} | {pc['jump']:+.3f} |")
+    return "\n".join(rows) if len(rows) > 2 else "no phase change detected"

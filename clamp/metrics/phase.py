@@ -1,0 +1,326 @@
+"""Phase-change detection: find one abrupt rise or drop in a logged training curve.
+
+Method
+------
+We fit a 4-parameter logistic ("sigmoid")
+
+    y(t) = before + jump * sigmoid((t - mid) / tau)
+
+by least squares, with numpy only (no scipy):
+
+1. Clean: drop non-finite points, sort by step (irregular spacing is fine), normalise steps to
+   [0, 1] and values to zero mean / unit std so the numerics do not depend on units.
+2. Initialise from the steepest point of a smoothed copy of the curve (resampled on a uniform
+   grid, Gaussian-smoothed, finite-difference slope), which also gives a first ``tau``.
+3. Grid search over (mid, tau) — uniform ``mid`` plus a dense patch around the slope guess,
+   log-spaced ``tau`` — where, for each grid point, ``before`` and ``jump`` enter linearly and are
+   solved in closed form (variable projection), so one grid point costs one pass over the data.
+4. Refine (mid, log tau) with a small Nelder-Mead on the same profiled residual.
+
+``onset``/``end`` are where the fitted sigmoid crosses 10 % / 90 % of the jump
+(``mid -/+ tau * ln 9``); ``midpoint`` is ``mid``; ``width = end - onset``.
+
+Why a sigmoid fit rather than thresholding a smoothed derivative: it uses every point, so it is
+robust to noise without a smoothing scale to tune, it gives onset, midpoint and end from one
+consistent model (and plateau levels for free), and its residual gives a noise estimate for the
+significance test below.
+
+A fit is reported only if it is a *phase change*, otherwise ``None`` is returned:
+
+* both plateaus are observed: at least ``max(3, 2 % of the points)`` lie before ``onset`` and after
+  ``end`` (this is a constraint of the search, so a transition still under way at the last step,
+  or an initial transient already under way at the first, is not reported);
+* ``|jump|`` exceeds ``min_jump``; by default ``max(3 * residual std, 0.2 * robust range)``
+  (range = 99th - 1st percentile), so pure noise and small wiggles are rejected;
+* it is sharp: the sigmoid must beat a straight line by at least ``0.4 % * jump**2`` of residual
+  variance. For a centred transition this means ``width`` below about 0.55 x the observed span.
+  A slow linear ramp over the whole range therefore returns ``None`` (it is a trend, not a
+  phase change); crop the curve to the window of interest if a wide transition matters.
+
+Limits: one transition per call (the one that best fits a single sigmoid; with several, crop the
+curve or call per window); a curve with a big early transient (e.g. the loss at the very start of
+training) may need its first steps cut off so the transition of interest wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+Direction = Literal["auto", "rise", "drop"]
+ArrayLike = Sequence[float] | np.ndarray
+
+METHOD = "logistic-lsq"
+LN9 = math.log(9.0)
+MIN_POINTS = 8
+SUPPORT_FRAC = 0.02  # fraction of points required on each plateau
+NOISE_K = 3.0  # default |jump| >= NOISE_K * residual std ...
+RANGE_FRAC = 0.2  # ... and >= RANGE_FRAC * robust range
+SHARPNESS = 0.004  # (line residual var - sigmoid residual var) / jump**2 must exceed this
+GRID_POINTS = 400  # the grid search runs on at most this many points; refinement uses all
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """One detected transition, in the units of the input (steps and values)."""
+
+    onset: float
+    midpoint: float
+    end: float
+    before: float
+    after: float
+    jump: float
+    width: float
+    direction: str
+    r2: float
+    method: str = METHOD
+
+    def to_dict(self) -> dict[str, float | str]:
+        """Plain dict (JSON-serialisable) for reports and summaries."""
+        return asdict(self)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _clean(steps: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Finite, step-sorted float arrays (NaNs/infs dropped pairwise)."""
+    t = np.asarray(steps, dtype=float).ravel()
+    y = np.asarray(values, dtype=float).ravel()
+    if t.shape != y.shape:
+        raise ValueError(f"steps and values differ in length: {t.size} vs {y.size}")
+    keep = np.isfinite(t) & np.isfinite(y)
+    t, y = t[keep], y[keep]
+    order = np.argsort(t, kind="stable")
+    return t[order], y[order]
+
+
+def _profile(
+    t: np.ndarray, y: np.ndarray, mids: np.ndarray, taus: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Residual sum of squares, ``before`` and ``jump`` for each (mid, tau), solved in closed form.
+
+    For fixed (mid, tau) the model is linear in (before, jump): 2x2 normal equations.
+    """
+    s = _sigmoid((t[None, :] - mids[:, None]) / taus[:, None])
+    n = float(t.size)
+    ss, sss, sy = s.sum(1), np.einsum("ij,ij->i", s, s), s @ y
+    sumy, yy = y.sum(), y @ y
+    det = n * sss - ss**2
+    ok = det > 1e-9 * n * n
+    det = np.where(ok, det, 1.0)
+    jump = (n * sy - ss * sumy) / det
+    before = (sumy - jump * ss) / n
+    rss = np.maximum(yy - before * sumy - jump * sy, 0.0)
+    return np.where(ok, rss, np.inf), before, jump
+
+
+class _Problem:
+    """Constrained, profiled least-squares problem on normalised data."""
+
+    def __init__(self, t: np.ndarray, y: np.ndarray, direction: Direction, tau_lo: float, tau_hi: float):
+        self.t, self.y, self.direction = t, y, direction
+        self.tau_lo, self.tau_hi = tau_lo, tau_hi
+        self.support = max(3, math.ceil(SUPPORT_FRAC * t.size))
+
+    def rss(self, mids: np.ndarray, taus: np.ndarray, t: np.ndarray | None = None, y: np.ndarray | None = None) -> np.ndarray:
+        """Profiled RSS, +inf where constraints (plateau support, sign, tau bounds) fail."""
+        t = self.t if t is None else t
+        y = self.y if y is None else y
+        rss, _, jump = _profile(t, y, mids, taus)
+        onset, end = mids - taus * LN9, mids + taus * LN9
+        n_before = np.searchsorted(self.t, onset, side="left")
+        n_after = self.t.size - np.searchsorted(self.t, end, side="right")
+        bad = (n_before < self.support) | (n_after < self.support)
+        bad |= (taus < self.tau_lo * 0.999) | (taus > self.tau_hi * 1.001)
+        if self.direction == "rise":
+            bad |= jump <= 0
+        elif self.direction == "drop":
+            bad |= jump >= 0
+        return np.where(bad, np.inf, rss)
+
+    def pinned(self, mid: float, tau: float, tol: float = 1e-3) -> bool:
+        """Whether a plateau constraint is active, i.e. the best fit wants the transition to
+        start before the first (or end after the last) observed points: no real plateau there."""
+        onset, end, k = mid - tau * LN9, mid + tau * LN9, self.support
+        n_before = int(np.searchsorted(self.t, onset, side="left"))
+        n_after = self.t.size - int(np.searchsorted(self.t, end, side="right"))
+        return (n_before == k and onset - self.t[k - 1] < tol) or (n_after == k and self.t[-k] - end < tol)
+
+
+def _slope_guess(t: np.ndarray, y: np.ndarray, direction: Direction) -> tuple[float, float]:
+    """(mid, tau) from the steepest point of a smoothed, uniformly resampled curve."""
+    g = int(min(max(t.size, 64), 512))
+    tu = np.linspace(0.0, 1.0, g)
+    yu = np.interp(tu, t, y)
+    sigma = max(1.0, 0.01 * g)
+    half = int(math.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    ys = np.convolve(np.pad(yu, half, mode="edge"), k / k.sum(), mode="valid")
+    slope = np.gradient(ys, tu)
+    inner = slice(half, g - half) if g > 2 * half + 2 else slice(None)
+    sl = slope[inner]
+    if direction == "rise":
+        i = int(np.argmax(sl))
+    elif direction == "drop":
+        i = int(np.argmin(sl))
+    else:
+        i = int(np.argmax(np.abs(sl)))
+    mid = float(tu[inner][i])
+    amp = float(ys.max() - ys.min())
+    tau = amp / (4.0 * abs(float(sl[i]))) if sl[i] != 0 else 0.1
+    return mid, tau
+
+
+def _nelder_mead(f, x0: np.ndarray, step: np.ndarray, iters: int = 200, tol: float = 1e-10) -> tuple[np.ndarray, float]:
+    """Minimal Nelder-Mead (inf-tolerant), enough for a smooth 2-D profile."""
+    pts = [x0, x0 + np.array([step[0], 0.0]), x0 + np.array([0.0, step[1]])]
+    vals = [f(p) for p in pts]
+    for _ in range(iters):
+        order = np.argsort(vals)
+        pts, vals = [pts[i] for i in order], [vals[i] for i in order]
+        if np.isfinite(vals[-1]) and abs(vals[-1] - vals[0]) <= tol * (abs(vals[0]) + 1e-12):
+            if np.max(np.abs(np.array(pts[1:]) - pts[0])) < 1e-7:
+                break
+        centroid = (pts[0] + pts[1]) / 2.0
+        xr = centroid + (centroid - pts[-1])
+        fr = f(xr)
+        if fr < vals[0]:
+            xe = centroid + 2.0 * (centroid - pts[-1])
+            fe = f(xe)
+            pts[-1], vals[-1] = (xe, fe) if fe < fr else (xr, fr)
+        elif fr < vals[1]:
+            pts[-1], vals[-1] = xr, fr
+        else:
+            xc = centroid + 0.5 * (pts[-1] - centroid) if fr >= vals[-1] else centroid + 0.5 * (xr - centroid)
+            fc = f(xc)
+            if fc < min(fr, vals[-1]):
+                pts[-1], vals[-1] = xc, fc
+            else:
+                pts = [pts[0]] + [pts[0] + 0.5 * (p - pts[0]) for p in pts[1:]]
+                vals = [vals[0]] + [f(p) for p in pts[1:]]
+    i = int(np.argmin(vals))
+    return pts[i], vals[i]
+
+
+def _fit(t: np.ndarray, y: np.ndarray, direction: Direction) -> tuple[float, float, float, float, float] | None:
+    """Best constrained (mid, tau, before, jump, rss) on normalised data.
+
+    None if no feasible fit exists or the best one is pinned against a plateau constraint.
+    """
+    dt = np.diff(t)
+    dt = dt[dt > 0]
+    tau_lo = max(float(np.median(dt)) if dt.size else 1e-3, 1e-6) / 10.0
+    tau_hi = 1.0 / (2.0 * LN9)  # width <= observed span
+    prob = _Problem(t, y, direction, tau_lo, tau_hi)
+
+    # Grid search on a subsample (constraints still counted on the full data).
+    idx = np.unique(np.linspace(0, t.size - 1, min(t.size, GRID_POINTS)).round().astype(int))
+    ts, ys = t[idx], y[idx]
+    mid0, tau0 = _slope_guess(t, y, direction)
+    tau0 = float(np.clip(tau0, tau_lo, tau_hi))
+    mids = np.unique(np.concatenate([np.linspace(0, 1, 101), mid0 + np.linspace(-0.05, 0.05, 21)]))
+    mids = mids[(mids >= 0) & (mids <= 1)]
+    taus = np.unique(np.concatenate([np.geomspace(tau_lo, tau_hi, 24), [tau0]]))
+    mg, tg = (a.ravel() for a in np.meshgrid(mids, taus, indexing="ij"))
+    rss = np.concatenate([prob.rss(mg[i : i + 2048], tg[i : i + 2048], ts, ys) for i in range(0, mg.size, 2048)])
+    if not np.isfinite(rss).any():
+        return None
+    best = int(np.argmin(rss))
+    x0 = np.array([mg[best], math.log(tg[best])])
+
+    def objective(p: np.ndarray) -> float:
+        return float(prob.rss(np.array([p[0]]), np.array([math.exp(p[1])]))[0])
+
+    mid_step = max(float(np.diff(mids).mean()), 2 * math.exp(x0[1]))
+    x, _ = _nelder_mead(objective, x0, np.array([mid_step, 0.3]))
+    if not np.isfinite(objective(x)):  # refinement left the feasible set: keep the grid point
+        x = x0
+    mid, tau = float(x[0]), math.exp(float(x[1]))
+    if prob.pinned(mid, tau):
+        return None
+    rss_v, before, jump = _profile(t, y, np.array([mid]), np.array([tau]))
+    return mid, tau, float(before[0]), float(jump[0]), float(rss_v[0])
+
+
+def _line_rss(t: np.ndarray, y: np.ndarray) -> float:
+    """Residual sum of squares of the best straight line (the 'gradual trend' alternative)."""
+    a = np.stack([np.ones_like(t), t], axis=1)
+    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+    r = y - a @ coef
+    return float(r @ r)
+
+
+def detect_phase_change(
+    steps: ArrayLike,
+    values: ArrayLike,
+    *,
+    direction: Direction = "auto",
+    min_jump: float | None = None,
+) -> PhaseChange | None:
+    """Fit one logistic transition to ``values(steps)``; ``None`` if there is no significant, sharp one.
+
+    ``direction`` restricts the search to rises or drops (``'auto'``: whichever fits best).
+    ``min_jump`` is an absolute threshold on ``|after - before|`` in value units; by default it is
+    ``max(3 * residual std, 0.2 * robust range)``. See the module docstring for the method.
+    """
+    if direction not in ("auto", "rise", "drop"):
+        raise ValueError(f"direction must be 'auto', 'rise' or 'drop', got {direction!r}")
+    t, y = _clean(steps, values)
+    if t.size < MIN_POINTS or t[-1] <= t[0]:
+        return None
+    y_mean, y_std = float(y.mean()), float(y.std())
+    if not y_std > 0:
+        return None
+    t0, span = float(t[0]), float(t[-1] - t[0])
+    tn, yn = (t - t0) / span, (y - y_mean) / y_std
+
+    fit = _fit(tn, yn, direction)
+    if fit is None:
+        return None
+    mid, tau, before, jump, rss = fit
+    n = tn.size
+    tss = float(yn @ yn)
+    resid_std = math.sqrt(rss / max(n - 4, 1))
+    if min_jump is None:
+        lo, hi = np.percentile(yn, [1, 99])
+        threshold = max(NOISE_K * resid_std, RANGE_FRAC * float(hi - lo))
+    else:
+        threshold = float(min_jump) / y_std
+    if abs(jump) < threshold or abs(jump) == 0:
+        return None
+    if (_line_rss(tn, yn) - rss) / n < SHARPNESS * jump**2:
+        return None
+
+    # Back to input units.
+    mid_s, tau_s = t0 + mid * span, tau * span
+    before_v, jump_v = y_mean + before * y_std, jump * y_std
+    return PhaseChange(
+        onset=mid_s - tau_s * LN9,
+        midpoint=mid_s,
+        end=mid_s + tau_s * LN9,
+        before=before_v,
+        after=before_v + jump_v,
+        jump=jump_v,
+        width=2.0 * tau_s * LN9,
+        direction="rise" if jump_v > 0 else "drop",
+        r2=1.0 - rss / tss if tss > 0 else float("nan"),
+    )
+
+
+def detect_all(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    *,
+    direction: Direction = "auto",
+    min_jump: float | None = None,
+) -> dict[str, PhaseChange | None]:
+    """:func:`detect_phase_change` on each named ``(steps, values)`` curve."""
+    return {
+        name: detect_phase_change(s, v, direction=direction, min_jump=min_jump) for name, (s, v) in curves.items()
+    }

@@ -1,0 +1,45 @@
+"""Small builders shared by the integration tests (tiny models, few steps, fixed seeds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from clamp.training import OptimizerConfig, TrainingModule
+from models import TransformerConfig
+from synthetic_data import BurstyClassification, SyntheticDataModule
+
+
+def bursty_datamodule(seed: int = 0, batch_size: int = 32) -> SyntheticDataModule:
+    task = BurstyClassification(n_classes=64, dim=16, n_context=2, n_labels=8)
+    return SyntheticDataModule(task, batch_size=batch_size, eval_size=64, eval_batch_size=64, seed=seed)
+
+
+def tiny_module(dm: SyntheticDataModule, seed: int = 0, lr: float = 3e-3) -> TrainingModule:
+    L.seed_everything(seed, verbose=False)
+    return TrainingModule(TransformerConfig(n_layers=2, n_heads=2, d_model=16), OptimizerConfig(lr=lr, warmup_steps=5), dm.spec)
+
+
+def trainer(root: Path, max_steps: int, callbacks: list[Callback] | None = None, **kw: Any) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=root,
+        max_steps=max_steps,
+        val_check_interval=kw.pop("val_check_interval", 10),
+        check_val_every_n_epoch=None,
+        logger=CSVLogger(root, name="log"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=callbacks or [],
+        num_sanity_val_steps=0,
+        **kw,
+    )
+
+
+def checkpoint_every_validation(root: Path) -> ModelCheckpoint:
+    """Checkpoints written after each validation, so a resumed run has seen that validation too."""
+    return ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, filename="{step}")

@@ -1,0 +1,190 @@
+"""Phase-change detection on synthetic curves with known change points."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from clamp.metrics.phase import PhaseChange, detect_all, detect_phase_change
+
+LN9 = math.log(9.0)
+
+
+def logistic(t: np.ndarray, before: float, jump: float, mid: float, tau: float) -> np.ndarray:
+    return before + jump / (1.0 + np.exp(-(t - mid) / tau))
+
+
+def test_clean_sigmoid_recovers_parameters() -> None:
+    t = np.arange(0, 2000, 1.0)
+    pc = detect_phase_change(t, logistic(t, 0.1, 0.8, 700.0, 40.0))
+    assert isinstance(pc, PhaseChange)
+    span = t[-1] - t[0]
+    assert abs(pc.midpoint - 700.0) < 0.02 * span
+    assert pc.onset == pytest.approx(700.0 - 40.0 * LN9, abs=2.0)
+    assert pc.end == pytest.approx(700.0 + 40.0 * LN9, abs=2.0)
+    assert pc.width == pytest.approx(pc.end - pc.onset)
+    assert pc.before == pytest.approx(0.1, abs=1e-3)
+    assert pc.after == pytest.approx(0.9, abs=1e-3)
+    assert pc.jump == pytest.approx(0.8, abs=1e-3)
+    assert pc.direction == "rise"
+    assert pc.r2 > 0.999
+    d = pc.to_dict()
+    assert set(d) >= {"onset", "midpoint", "end", "before", "after", "jump", "width", "direction", "r2", "method"}
+    json.dumps(d)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("noise", [0.05, 0.1])
+def test_noisy_sigmoid(seed: int, noise: float) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.arange(0, 3000, 5.0)
+    jump = 0.9
+    y = logistic(t, 0.05, jump, 1100.0, 50.0) + rng.normal(0, noise * jump, t.size)
+    pc = detect_phase_change(t, y)
+    assert pc is not None
+    span = t[-1] - t[0]
+    assert abs(pc.midpoint - 1100.0) < 0.02 * span
+    assert abs(pc.width - 2 * 50.0 * LN9) < 0.05 * span
+    assert pc.jump == pytest.approx(jump, rel=0.1)
+    assert pc.direction == "rise"
+
+
+def test_loss_like_drop() -> None:
+    """Plateau at 3.0, then a sharp drop at step 1500 to ~1.0, with noise."""
+    rng = np.random.default_rng(0)
+    t = np.arange(0, 4000, 10.0)
+    y = np.where(t < 1500, 3.0, 1.0 + 2.0 * np.exp(-np.clip(t - 1500, 0, None) / 80.0)) + rng.normal(0, 0.05, t.size)
+    pc = detect_phase_change(t, y)
+    assert pc is not None and pc.direction == "drop"
+    assert pc.jump < -1.5
+    assert 1450 <= pc.onset <= 1600
+    assert 1500 <= pc.midpoint <= 1700
+    assert pc.before == pytest.approx(3.0, abs=0.15)
+    assert pc.after == pytest.approx(1.0, abs=0.2)
+    # Restricting the direction to rises finds nothing; 'drop' finds the same change.
+    assert detect_phase_change(t, y, direction="rise") is None
+    same = detect_phase_change(t, y, direction="drop")
+    assert same is not None and same.midpoint == pytest.approx(pc.midpoint, abs=1.0)
+
+
+def test_step_function() -> None:
+    t = np.arange(0, 1000, 10.0)
+    y = np.where(t >= 420, 1.0, 0.0)
+    pc = detect_phase_change(t, y)
+    assert pc is not None
+    assert 410 <= pc.midpoint <= 420
+    assert 410 <= pc.onset <= pc.midpoint <= pc.end <= 420  # sharper than the sampling
+    assert pc.jump == pytest.approx(1.0, abs=1e-3)
+
+
+def test_irregular_spacing() -> None:
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0, 50_000, 400)) ** 1.0
+    t = np.concatenate([t[t < 20_000][::4], t[t >= 20_000]])  # much sparser early on
+    y = logistic(t, 0.0, 1.0, 31_000.0, 600.0) + rng.normal(0, 0.07, t.size)
+    pc = detect_phase_change(t, y)
+    assert pc is not None
+    assert abs(pc.midpoint - 31_000.0) < 0.02 * (t[-1] - t[0])
+    # Shuffled input gives the same answer (sorted internally).
+    perm = rng.permutation(t.size)
+    pc2 = detect_phase_change(t[perm], y[perm])
+    assert pc2 is not None and pc2.midpoint == pytest.approx(pc.midpoint, abs=1e-6 * t[-1])
+
+
+@pytest.mark.parametrize("n", [20, 200, 2000])
+@pytest.mark.parametrize("seed", range(3))
+def test_flat_noise_is_none(n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    assert detect_phase_change(np.arange(n), 0.5 + rng.normal(0, 0.1, n)) is None
+
+
+def test_constant_and_too_short_are_none() -> None:
+    assert detect_phase_change(np.arange(100), np.ones(100)) is None
+    assert detect_phase_change([0, 1, 2], [0.0, 1.0, 1.0]) is None
+
+
+def test_slow_linear_ramp_is_not_a_phase_change() -> None:
+    """Documented choice: a trend over the whole window is not a phase change -> None."""
+    t = np.arange(0, 2000, 2.0)
+    assert detect_phase_change(t, t / 2000.0) is None
+    rng = np.random.default_rng(0)
+    assert detect_phase_change(t, t / 2000.0 + rng.normal(0, 0.03, t.size)) is None
+
+
+def test_early_transient_is_not_reported_but_later_drop_is() -> None:
+    t = np.arange(0, 2000, 2.0)
+    rng = np.random.default_rng(0)
+    decay = 2.0 + 3.0 * np.exp(-t / 100.0) + rng.normal(0, 0.02, t.size)
+    assert detect_phase_change(t, decay) is None  # no plateau before the decay starts
+    loss = 2.0 + 3.0 * np.exp(-t / 30.0) - logistic(t, 0.0, 1.0, 800.0, 30.0) + rng.normal(0, 0.03, t.size)
+    pc = detect_phase_change(t, loss)
+    assert pc is not None and pc.direction == "drop"
+    assert abs(pc.midpoint - 800.0) < 0.02 * 2000
+
+
+def test_nans_are_dropped() -> None:
+    rng = np.random.default_rng(3)
+    t = np.arange(0, 1000, 1.0)
+    y = logistic(t, 0.2, 0.6, 350.0, 15.0) + rng.normal(0, 0.03, t.size)
+    y[::7] = np.nan
+    y[100:130] = np.nan
+    y[5] = np.inf
+    t_nan = t.copy()
+    t_nan[11] = np.nan
+    pc = detect_phase_change(t_nan, y)
+    assert pc is not None
+    assert abs(pc.midpoint - 350.0) < 0.02 * 1000
+    assert all(math.isfinite(v) for v in (pc.onset, pc.midpoint, pc.end, pc.before, pc.after, pc.r2))
+
+
+def test_min_jump_and_bad_args() -> None:
+    t = np.arange(500.0)
+    y = logistic(t, 0.0, 0.3, 250.0, 10.0)
+    assert detect_phase_change(t, y) is not None
+    assert detect_phase_change(t, y, min_jump=0.5) is None
+    assert detect_phase_change(t, y, min_jump=0.1) is not None
+    with pytest.raises(ValueError):
+        detect_phase_change(t, y, direction="up")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        detect_phase_change(t, y[:-1])
+
+
+def test_scale_invariance() -> None:
+    t = np.arange(0, 2000, 4.0)
+    y = logistic(t, 0.1, 0.8, 900.0, 30.0)
+    a = detect_phase_change(t, y)
+    b = detect_phase_change(t * 1000 + 5e6, y * 1e-4 - 3.0)
+    assert a is not None and b is not None
+    assert (b.midpoint - 5e6) / 1000 == pytest.approx(a.midpoint, rel=1e-4)
+    assert b.jump == pytest.approx(a.jump * 1e-4, rel=1e-4)
+
+
+def test_detect_all() -> None:
+    t = np.arange(1000.0)
+    rng = np.random.default_rng(0)
+    out = detect_all(
+        {
+            "acc": (t, logistic(t, 0.0, 1.0, 300.0, 10.0)),
+            "flat": (t, rng.normal(0, 0.1, t.size)),
+        }
+    )
+    assert set(out) == {"acc", "flat"}
+    assert out["acc"] is not None and abs(out["acc"].midpoint - 300.0) < 5
+    assert out["flat"] is None
+
+
+def test_fast_on_2000_points() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(2000.0)
+    y = logistic(t, 0.0, 1.0, 1300.0, 25.0) + rng.normal(0, 0.05, t.size)
+    detect_phase_change(t, y)  # warm-up
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        detect_phase_change(t, y)
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.1
