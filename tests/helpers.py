@@ -43,3 +43,27 @@ def trainer(root: Path, max_steps: int, callbacks: list[Callback] | None = None,
 def checkpoint_every_validation(root: Path) -> ModelCheckpoint:
     """Checkpoints written after each validation, so a resumed run has seen that validation too."""
     return ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, filename="{step}")
+
+
+class RankFingerprint(Callback):
+    """Writes each rank's parameter and clamp-state checksums, to compare ranks after a DDP run."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import json
+
+        import torch
+
+        params = sum(float(p.double().sum()) for p in pl_module.model.parameters())
+        means = 0.0
+        for cb in trainer.callbacks:
+            engine = getattr(cb, "engine", None)
+            if engine is not None:
+                for state in engine.state.values():
+                    means += sum(float(t.double().sum()) for t in state.get("running_mean", {}).values())
+        out = {"rank": trainer.global_rank, "world": trainer.world_size, "step": trainer.global_step, "params": params, "running_means": means}
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+        del torch

@@ -51,6 +51,7 @@ class ClampCallback(Callback):
         self._init_state: dict[str, torch.Tensor] | None = None
         self._pending: dict[str, Any] | None = None
         self._last_metrics: dict[str, float] = {}
+        self._last_alphas: tuple[int | None, dict[str, float] | None] = (None, None)
 
     @property
     def state_key(self) -> str:
@@ -93,8 +94,24 @@ class ClampCallback(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         alphas = self._set(trainer, "train")
         if self.log_alpha and alphas:
-            for name, a in alphas.items():
-                pl_module.log(f"clamp/alpha/{name}", a, on_step=True, on_epoch=False)
+            self._log_alphas(trainer, alphas)
+
+    def _log_alphas(self, trainer: L.Trainer, alphas: dict[str, float]) -> None:
+        """Log at the trainer's cadence and on both sides of every change, so TensorBoard draws exact steps."""
+        step = trainer.global_step
+        emitted_step, prev = self._last_alphas
+        changed = prev is not None and prev != alphas
+        if changed and emitted_step != step - 1 and step > 0:
+            self._emit(trainer, prev, step - 1)
+        if prev is None or changed or step % max(1, trainer.log_every_n_steps) == 0:
+            self._emit(trainer, alphas, step)
+            emitted_step = step
+        self._last_alphas = (emitted_step, dict(alphas))
+
+    @staticmethod
+    def _emit(trainer: L.Trainer, alphas: Mapping[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics({f"clamp/alpha/{k}": v for k, v in alphas.items()}, step=step)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.engine is not None:

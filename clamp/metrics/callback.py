@@ -8,7 +8,9 @@ Probes (no gradients, batched, on the module's device, global rank 0 only):
   and the causal importance of each head (loss increase when its ``z`` is zero- or mean-ablated
   through the interventions engine); model-level loss per position and the ICL score.
 * ``repeat``: repeated random tokens (Olsson et al. 2022) from the model's output vocabulary:
-  previous-token, induction, prefix-matching, copying and retrieval scores.
+  previous-token, induction, prefix-matching, copying and retrieval scores. Needs a context of
+  at least 6 (repeat period >= 3, so induction is not the previous token); shorter contexts
+  (the 5-token exemplar task) get ``random``: uniform random tokens, for the previous-token score.
 
 Scalars go to every logger as ``<probe>/<metric>/L{l}H{h}`` and ``curves/...``; heatmaps are
 images ``heatmap/<probe>/<metric>``; a custom-scalar layout groups the heads of each metric in
@@ -38,7 +40,17 @@ from clamp.training import masked_loss_and_accuracy, model_inputs
 from synthetic_data.base import batch_rng
 from synthetic_data.repeated_tokens import RepeatedTokens
 
-HEAD_METRICS_FOR_PHASE = ("task/induction", "task/query_to_match", "task/label_to_exemplar", "task/prev_token", "repeat/induction", "repeat/prev_token")
+HEAD_METRICS_FOR_PHASE = (
+    "task/induction", "task/query_to_match", "task/label_to_exemplar", "task/prev_token",
+    "repeat/induction", "repeat/prev_token", "random/prev_token",
+)
+
+
+def _random_tokens(rng: np.random.Generator, n: int, t: int, vocab: int) -> dict[str, torch.Tensor]:
+    tokens = torch.from_numpy(rng.integers(0, vocab, size=(n, t)))
+    mask = torch.ones(n, t, dtype=torch.bool)
+    mask[:, -1] = False
+    return {"tokens": tokens, "targets": torch.roll(tokens, -1, 1), "loss_mask": mask, "copy_src": torch.full((n, t), -1)}
 
 
 def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -93,10 +105,13 @@ class EmergenceCallback(Callback):
             probes["task"] = {k: v[: self.probe_size] for k, v in dm.eval_set(main).items()}
         vocab = min(cfg.d_vocab, cfg.d_out)
         max_period = cfg.n_ctx // 2
-        if vocab >= 2 and max_period >= 2:
-            rep = RepeatedTokens(vocab_size=vocab, seq_len=cfg.n_ctx, min_period=max(2, max_period // 3), max_period=max_period)
+        if vocab >= 2 and max_period >= 3:
+            # period >= 3 keeps the induction target (i - period + 1) apart from the previous token
+            rep = RepeatedTokens(vocab_size=vocab, seq_len=cfg.n_ctx, min_period=max(3, max_period // 3), max_period=max_period)
             rep.setup(self.probe_seed)
             probes["repeat"] = rep.sample(batch_rng(self.probe_seed, 99, 0), self.probe_size, "eval")
+        elif vocab >= 2:  # context too short for a meaningful repeat: plain random tokens (previous-token score)
+            probes["random"] = _random_tokens(batch_rng(self.probe_seed, 98, 0), self.probe_size, cfg.n_ctx, vocab)
         return {name: _to(b, pl_module.device) for name, b in probes.items()}
 
     # ------------------------------------------------------------------ measuring
