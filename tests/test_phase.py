@@ -188,3 +188,17 @@ def test_fast_on_2000_points() -> None:
         detect_phase_change(t, y)
         times.append(time.perf_counter() - start)
     assert min(times) < 0.1
+
+
+def test_loss_with_initial_transient_and_slow_tail_finds_the_middle_drop() -> None:
+    """Chance -> short plateau -> phase change -> slow decline: the shape of real loss curves."""
+    rng = np.random.default_rng(0)
+    t = np.arange(0, 3000, 10, dtype=float)
+    transient = 2.5 * np.exp(-t / 60.0)
+    drop = 0.7 / (1 + np.exp((t - 450.0) / 30.0))
+    tail = 0.25 * np.exp(-(t - 450.0).clip(0) / 800.0)
+    y = 0.05 + transient + drop + tail + rng.normal(0, 0.03, t.size)
+    pc = detect_phase_change(t, y)
+    assert pc is not None and pc.direction == "drop"
+    assert 400 < pc.midpoint < 500, pc
+    assert "window" in pc.method

@@ -154,15 +154,18 @@ def test_engine_update_turns_hooks_on_and_off_with_the_window(model: Transformer
     engine = InterventionEngine(model, [{"site": "layer0.head0.z", "op": {"kind": "zero"}, "schedule": {"start": 2, "stop": 5, "ramp": 2}}])
     engine.set_mode("train")
     seen = []
+    hooks = []
     for step in range(7):
         a = engine.update(step)["layer0.head0.z:zero"]
         active = model.site("layer0.z").active
         with torch.no_grad():
             out = model(TOK)
         seen.append((a, active))
+        hooks.append(list(model.site("layer0.z")._hooks))
         assert active == (a > 0)
         assert torch.equal(out, plain) if not active else not torch.allclose(out, plain, atol=1e-4)
     assert seen == [(0, False), (0, False), (0.5, True), (1, True), (1, True), (0, False), (0, False)]
+    assert len(hooks[2]) == 1 and hooks[2][0] is hooks[3][0] is hooks[4][0]  # alpha changes do not re-attach
     # alpha is read live by the attached hook: the half-strength step is exactly halfway
     engine.update(2)
     _, c = model.run_with_cache(TOK, names=["layer0.z"])
@@ -184,8 +187,9 @@ def test_engine_until_release_latches_and_fades(model: Transformer) -> None:
     assert engine.released == {label: 3}
     assert engine.update(3, {"val/acc": 0.95})[label] == 1
     assert model.site("layer1.resid_pre").active
-    assert engine.update(4, {"val/acc": 0.1})[label] == pytest.approx(0.5)  # latched, even if the metric falls back
-    assert engine.update(5, {"val/acc": 0.1})[label] == 0
+    assert engine.update(4, {"val/acc": 0.99})[label] == pytest.approx(0.5)  # latched at the first crossing
+    assert engine.released == {label: 3}
+    assert engine.update(5, {"val/acc": 0.1})[label] == 0  # stays released when the metric falls back
     assert not model.site("layer1.resid_pre").active
     # the release is part of the state: a fresh engine resumed from it follows the same schedule
     other = InterventionEngine(model, [spec])

@@ -38,8 +38,10 @@ A fit is reported only if it is a *phase change*, otherwise ``None`` is returned
   phase change); crop the curve to the window of interest if a wide transition matters.
 
 Limits: one transition per call (the one that best fits a single sigmoid; with several, crop the
-curve or call per window); a curve with a big early transient (e.g. the loss at the very start of
-training) may need its first steps cut off so the transition of interest wins.
+curve or call per window). When the whole curve fails the tests above (typically a loss curve
+whose initial transient runs into the phase change, leaving no flat plateau before it), the fit is
+retried on a grid of windows of the curve (each at least 20 % of the span), and the largest
+significant jump is reported; its ``method`` names the window.
 """
 
 from __future__ import annotations
@@ -257,6 +259,11 @@ def _line_rss(t: np.ndarray, y: np.ndarray) -> float:
     return float(r @ r)
 
 
+WINDOW_STARTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4)  # window bounds (fractions of the span) tried when
+WINDOW_ENDS = (1.0, 0.6, 0.4, 0.25)  # the whole-curve fit fails
+MIN_WINDOW = 0.2  # smallest window, as a fraction of the span
+
+
 def detect_phase_change(
     steps: ArrayLike,
     values: ArrayLike,
@@ -269,10 +276,36 @@ def detect_phase_change(
     ``direction`` restricts the search to rises or drops (``'auto'``: whichever fits best).
     ``min_jump`` is an absolute threshold on ``|after - before|`` in value units; by default it is
     ``max(3 * residual std, 0.2 * robust range)``. See the module docstring for the method.
+
+    If the whole curve holds no single clean transition (typically a loss curve whose initial
+    transient runs into the phase change and whose slow decline follows it), the fit is repeated
+    on windows of the curve (``WINDOW_STARTS`` x ``WINDOW_ENDS``, at least ``MIN_WINDOW`` of the
+    span) and the significant transition with the largest jump is returned.
     """
     if direction not in ("auto", "rise", "drop"):
         raise ValueError(f"direction must be 'auto', 'rise' or 'drop', got {direction!r}")
     t, y = _clean(steps, values)
+    found = _detect(t, y, direction, min_jump)
+    if found is not None or t.size < 2 * MIN_POINTS:
+        return found
+    candidates = []
+    t0, span = t[0], t[-1] - t[0]
+    for a in WINDOW_STARTS:
+        for b in WINDOW_ENDS:
+            if b - a < MIN_WINDOW or (a, b) == (0.0, 1.0):
+                continue
+            keep = (t >= t0 + a * span) & (t <= t0 + b * span)
+            if keep.sum() < MIN_POINTS:
+                continue
+            pc = _detect(t[keep], y[keep], direction, min_jump)
+            if pc is not None:
+                window = f"{METHOD} (window {t[keep][0]:g}-{t[keep][-1]:g})"
+                candidates.append(PhaseChange(**{**pc.to_dict(), "method": window}))
+    return max(candidates, key=lambda pc: abs(pc.jump), default=None)
+
+
+def _detect(t: np.ndarray, y: np.ndarray, direction: Direction, min_jump: float | None) -> PhaseChange | None:
+    """The single-window fit and significance tests on cleaned, sorted points."""
     if t.size < MIN_POINTS or t[-1] <= t[0]:
         return None
     y_mean, y_std = float(y.mean()), float(y.std())
