@@ -54,13 +54,13 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ClampCLI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "report":
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "report":
         from clamp.report import main as report_main
 
-        report_main(argv[1:])
+        report_main(args[1:])
         return
-    cli_main(argv)
+    cli_main(argv)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

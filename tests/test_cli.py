@@ -85,3 +85,32 @@ def test_schedule_typos_are_rejected_by_the_parser(tmp_path: Path, capsys: pytes
     with pytest.raises(SystemExit):
         main(["fit", *_shrink(tmp_path), "--config", str(cfg)])
     assert "strat" in capsys.readouterr().err
+
+
+def test_bf16_mixed_precision_with_interventions(tmp_path: Path) -> None:
+    cfg = tmp_path / "clamps.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "precision": "bf16-mixed",
+                    "callbacks": [
+                        {
+                            "class_path": "clamp.ClampCallback",
+                            "init_args": {
+                                "interventions": [
+                                    {"site": "layer0.head0.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}},
+                                    {"site": "layer1.head1.z", "op": {"kind": "noise", "std": 0.1}},
+                                    {"site": "layer0.resid_post", "op": {"kind": "constant", "value": 0.0}, "positions": [-1]},
+                                ]
+                            },
+                        },
+                        {"class_path": "clamp.EmergenceCallback", "init_args": {"every_n_steps": 5, "probe_size": 8, "heatmap_every_n_steps": 0}},
+                    ],
+                }
+            }
+        )
+    )
+    main(["fit", *_shrink(tmp_path, steps=10), "--config", str(cfg), "--experiment", "bf16"])
+    summary = json.loads((tmp_path / "runs" / "bf16" / "version_0" / "summary.json").read_text())
+    assert summary["step"] == 10 and len(summary["interventions"]) == 3

@@ -126,3 +126,35 @@ def test_config_validation_names_bad_values() -> None:
         TransformerConfig().resolved()
     with pytest.raises(ValueError, match="exceeds n_ctx"):
         Transformer(TransformerConfig(n_heads=2, d_model=8).resolved(d_vocab=4, n_ctx=4))(torch.zeros(1, 5, dtype=torch.long))
+
+
+def _site_free_forward(m: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """The same network written directly from its weights: no sites, no fused kernel."""
+    import torch.nn.functional as F
+
+    cfg = m.cfg
+    t = tokens.shape[1]
+    x = m.W_E.weight[tokens] + m.W_pos.weight[:t]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    for block in m.blocks:
+        a = block.attn
+        h = F.layer_norm(x, (cfg.d_model,), block.ln1.weight, block.ln1.bias)
+        q = torch.einsum("btm,hmd->bhtd", h, a.W_Q) + a.qkv.bias[: cfg.n_heads * cfg.d_head].view(cfg.n_heads, 1, cfg.d_head)
+        k = torch.einsum("btm,hmd->bhtd", h, a.W_K) + a.qkv.bias[cfg.n_heads * cfg.d_head : 2 * cfg.n_heads * cfg.d_head].view(cfg.n_heads, 1, cfg.d_head)
+        v = torch.einsum("btm,hmd->bhtd", h, a.W_V) + a.qkv.bias[2 * cfg.n_heads * cfg.d_head :].view(cfg.n_heads, 1, cfg.d_head)
+        scores = (q @ k.transpose(-1, -2) / cfg.d_head**0.5).masked_fill(~causal, float("-inf"))
+        z = scores.softmax(-1) @ v
+        x = x + torch.einsum("bhtd,hdm->btm", z, a.W_O) + a.out.bias
+    x = F.layer_norm(x, (cfg.d_model,), m.ln_final.weight, m.ln_final.bias)
+    return x @ m.unembed.weight.T + m.unembed.bias
+
+
+def test_matches_a_site_free_implementation() -> None:
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(n_layers=2, n_heads=4, d_model=32).resolved(d_vocab=16, n_ctx=12))
+    for p in m.parameters():  # non-trivial biases and norms
+        torch.nn.init.normal_(p, std=0.3)
+    tokens = _tokens()
+    torch.testing.assert_close(m(tokens), _site_free_forward(m, tokens), atol=1e-5, rtol=1e-4)
+    out, _ = m.run_with_cache(tokens, names=["layer0.pattern", "layer1.result"])
+    torch.testing.assert_close(out, _site_free_forward(m, tokens), atol=1e-5, rtol=1e-4)
