@@ -669,3 +669,51 @@ def test_intervene_context_manager_removes_hooks(model: Transformer) -> None:
     assert no_site_active(model) and not model._forward_pre_hooks
     with torch.no_grad():
         assert torch.equal(model(TOK), plain)
+
+
+def test_reference_with_same_shapes_but_other_head_split_is_refused(tmp_path) -> None:  # noqa: ANN001
+    """4 heads x 8 dims and 8 heads x 4 dims have identical weight shapes; the checkpoint's hparams tell them apart."""
+    from clamp.interventions.engine import InterventionEngine
+    from clamp.training import TrainingModule
+    from synthetic_data.base import TaskSpec
+
+    spec = TaskSpec(d_vocab=16, n_ctx=8)
+    ours = TrainingModule(TransformerConfig(n_layers=1, n_heads=4, d_model=32), task=spec)
+    other = TrainingModule(TransformerConfig(n_layers=1, n_heads=8, d_model=32), task=spec)
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}, path)
+    engine = InterventionEngine(ours.model, [{"site": "layer0.z", "op": {"kind": "clamp_to_reference", "reference": str(path)}}])
+    with pytest.raises(ValueError, match="n_heads=8 in the reference vs 4 in the model"):
+        engine.load_references()
+    same = tmp_path / "same.ckpt"
+    torch.save({"state_dict": ours.state_dict(), "hyper_parameters": dict(ours.hparams)}, same)
+    InterventionEngine(ours.model, [{"site": "layer0.z", "op": {"kind": "clamp_to_reference", "reference": str(same)}}]).load_references()
+
+
+def test_all_heads_selector_is_one_pass_and_equals_whole_site(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clamp.interventions import ops
+
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(n_layers=2, n_heads=4, d_model=32).resolved(d_vocab=16, n_ctx=8))
+    tokens = torch.randint(0, 16, (3, 8))
+    calls: list[object] = []
+    original = ops.Scale.apply
+
+    def counting(self, x, mask, ctx):  # noqa: ANN001, ANN202
+        calls.append(ctx.head)
+        return original(self, x, mask, ctx)
+
+    monkeypatch.setattr(ops.Scale, "apply", counting)
+    with m.intervene([{"site": "layer0.head*.z", "op": {"kind": "scale", "k": 0.5}}]):
+        per_head = m(tokens)
+    assert calls == [(0, 1, 2, 3)]
+    with m.intervene([{"site": "layer0.z", "op": {"kind": "scale", "k": 0.5}}]):
+        whole = m(tokens)
+    torch.testing.assert_close(per_head, whole)
+
+
+def test_ramp_out_without_stop_is_an_error() -> None:
+    from clamp.interventions.schedules import Schedule
+
+    with pytest.raises(ValueError, match="ramp_out=5 needs a `stop`"):
+        Schedule(ramp_out=5).validate()

@@ -15,7 +15,7 @@ import copy
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +26,7 @@ from clamp.interventions.ops import Op, OpContext, make_op
 from clamp.interventions.schedules import MetricCondition, Schedule, Window
 from clamp.interventions.transforms import get_transform
 from models.sites import Site
+from models.transformer import TransformerConfig
 
 MODES = ("train", "val", "analysis")
 
@@ -106,20 +107,37 @@ def _time_overlaps(a: Schedule, b: Schedule) -> bool:
     return s1 < e2 and s2 < e1
 
 
-def load_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights from a Lightning checkpoint, a ``state_dict`` file, or a safetensors file."""
+def load_reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights (and hyper-parameters, if the file has them) from a Lightning checkpoint, a
+    ``state_dict`` file, or a safetensors file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"reference checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return load_file(str(path)), {}
     obj = torch.load(path, map_location="cpu", weights_only=False)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    hparams = obj.get("hyper_parameters", {}) if isinstance(obj, dict) else {}
     if any(k.startswith("model.") for k in state):  # TrainingModule wraps the transformer as `.model`
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    return state
+    return state, dict(hparams or {})
+
+
+def check_reference_architecture(model: nn.Module, hparams: Mapping[str, Any], origin: str) -> None:
+    """Catch architectures whose weights have the same shapes but a different meaning (e.g. 4 heads
+    of 16 vs 8 heads of 8 dims), which the shape check alone cannot see."""
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, TransformerConfig) or "transformer" not in hparams or "task" not in hparams:
+        return
+    task = hparams["task"]
+    ref = TransformerConfig(**hparams["transformer"]).resolved(
+        d_vocab=task.get("d_vocab", 0), n_ctx=task.get("n_ctx", 0), d_feature=task.get("d_feature", 0), d_out=task.get("d_out", 0)
+    )
+    diffs = [f"{k}={v!r} in the reference vs {getattr(cfg, k)!r} in the model" for k, v in asdict(ref).items() if k != "init_std" and v != getattr(cfg, k)]
+    if diffs:
+        raise ValueError(f"reference {origin!r} has a different architecture: " + "; ".join(diffs))
 
 
 def build_reference(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> nn.Module:
@@ -232,7 +250,8 @@ class InterventionEngine:
             if key == "init":
                 state = init_state if init_state is not None else self.model.state_dict()
             else:
-                state = load_reference_state(key)
+                state, hparams = load_reference_state(key)
+                check_reference_architecture(self.model, hparams, key)
             self.references[key] = build_reference(self.model, state, key)
         if device is not None:
             for ref in self.references.values():
@@ -284,9 +303,10 @@ class InterventionEngine:
         for b in live:
             for site, head in b.targets:
                 entries = by_site.setdefault(site.name, (site, []))[1]
-                if b.op.kind == "grad_only" and head is not None and entries and entries[-1][0] is b:
-                    # one grad_only over several heads of a site keeps the gradient of all of them:
-                    # apply it once with the union of the heads (per head, each would detach the others)
+                if head is not None and entries and entries[-1][0] is b:
+                    # one intervention over several heads of a site (``head*``) is applied once with the
+                    # union of the heads: one pass over the tensor instead of one per head, and for
+                    # grad_only the only correct choice (per head, each pass would detach the others)
                     prev = entries[-1][1]
                     entries[-1] = (b, (*(prev if isinstance(prev, tuple) else (prev,)), head))
                     continue

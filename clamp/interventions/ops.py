@@ -37,7 +37,7 @@ class OpContext:
     """What an op may read besides the activation itself."""
 
     site: Site
-    head: int | None
+    head: int | tuple[int, ...] | None  # a tuple when one intervention covers several heads (``head*``)
     mode: str  # "train", "val" or "analysis"
     generator: torch.Generator
     state: dict[str, Any]  # per-intervention persistent state (checkpointed)
@@ -126,7 +126,8 @@ class Mean(Op):
             pos = ctx.site.info.pos_dim
             return xd.mean(dim=(0, pos), keepdim=True) if pos is not None else xd.mean(0, keepdim=True)
         # one EMA per (site, head): a `head*` selector calls the op once per head on the same forward
-        key = ctx.site.name if ctx.head is None else f"{ctx.site.name}.head{ctx.head}"
+        heads = ctx.head if isinstance(ctx.head, tuple) else (ctx.head,)
+        key = ctx.site.name if ctx.head is None else f"{ctx.site.name}.head{','.join(map(str, heads))}"
         run = ctx.state.setdefault("running_mean", {})
         if ctx.mode == "train":
             batch_mean = xd.mean(0)

@@ -24,6 +24,8 @@ class Window:
     def validate(self, where: str) -> None:
         if self.start < 0 or self.ramp < 0 or self.ramp_out < 0:
             raise ValueError(f"{where}: start, ramp and ramp_out must be >= 0, got {self}")
+        if self.ramp_out and self.stop is None:
+            raise ValueError(f"{where}: ramp_out={self.ramp_out} needs a `stop` to ramp out to (or use until.ramp_out)")
         if self.stop is not None and self.stop < self.start + self.ramp + self.ramp_out:
             raise ValueError(f"{where}: stop={self.stop} must be >= start + ramp + ramp_out = {self.start + self.ramp + self.ramp_out}")
 
