@@ -54,8 +54,6 @@ class RankFingerprint(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import json
 
-        import torch
-
         params = sum(float(p.double().sum()) for p in pl_module.model.parameters())
         means = 0.0
         for cb in trainer.callbacks:
@@ -66,4 +64,3 @@ class RankFingerprint(Callback):
         out = {"rank": trainer.global_rank, "world": trainer.world_size, "step": trainer.global_step, "params": params, "running_means": means}
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
-        del torch

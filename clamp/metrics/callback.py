@@ -252,7 +252,8 @@ class EmergenceCallback(Callback):
         self._probes = self._build_probes(trainer, pl_module)
         if trainer.global_step == 0:
             self._write_hparams(trainer, pl_module)
-        if trainer.global_step % self.every_n_steps == 0 and not any(s == trainer.global_step for s, _ in self.history.get("curves/task/loss", [])):
+        probed = any(h and h[-1][0] == trainer.global_step for k, h in self.history.items() if k.startswith("curves/"))
+        if trainer.global_step % self.every_n_steps == 0 and not probed:  # a resumed run already probed this step
             self._probe(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
