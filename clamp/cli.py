@@ -42,13 +42,12 @@ class ClampCLI(LightningCLI):
             logger.init_args.name = cfg.experiment
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> ClampCLI:
-    """Build the CLI (``run=False`` instantiates without running a subcommand; used in tests)."""
+def cli_main(args: list[str] | None = None) -> ClampCLI:
+    """Build and run the Lightning CLI (``args=None``: read ``sys.argv``)."""
     return ClampCLI(
         TrainingModule,
         SyntheticDataModule,
         args=args,
-        run=run,
         save_config_kwargs={"overwrite": True},
     )
 

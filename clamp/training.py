@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from models import Transformer, TransformerConfig
-from synthetic_data.base import TaskSpec
+from synthetic_data.base import TaskSpec, model_inputs
 
 
 @dataclass
@@ -57,11 +57,6 @@ def masked_loss_and_accuracy(logits: torch.Tensor, batch: dict[str, torch.Tensor
     return loss, acc
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The positional arguments a site model's forward takes from a task batch."""
-    return batch["tokens"], batch.get("features"), batch.get("feature_mask")
-
-
 class TrainingModule(L.LightningModule):
     """Trains :class:`models.Transformer` on a task; logs ``train/*`` and ``val/<split>/*`` to TensorBoard.
 
@@ -84,15 +79,6 @@ class TrainingModule(L.LightningModule):
         self.optimizer_config = optimizer
         self.model = Transformer(self.model_config)
         self.save_hyperparameters({"transformer": asdict(transformer), "optimizer": asdict(optimizer), "task": asdict(spec)})
-
-    @classmethod
-    def from_hparams(cls, hparams: dict[str, Any]) -> TrainingModule:
-        """Rebuild an (untrained) module from a checkpoint's ``hyper_parameters``."""
-        return cls(
-            TransformerConfig(**hparams["transformer"]),
-            OptimizerConfig(**hparams["optimizer"]),
-            TaskSpec(**hparams["task"]),
-        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(*model_inputs(batch))

@@ -54,6 +54,11 @@ class SyntheticTask(ABC):
             raise ValueError(f"{type(self).__name__}: unknown split {split!r}; valid splits: {valid}")
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The positional arguments a site model's forward takes from a batch: tokens, features, feature_mask."""
+    return batch["tokens"], batch.get("features"), batch.get("feature_mask")
+
+
 def batch_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     """Independent generator for batch ``index`` of ``stream`` (0 = train, 1+ = eval splits)."""
     return np.random.default_rng([seed, stream, index])

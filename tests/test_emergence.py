@@ -47,7 +47,11 @@ def test_tensorboard_gets_head_scalars_layout_heatmaps_hparams_and_summary(tmp_p
     assert alphas[14] == 1.0 and alphas[15] == 0.0
     assert "heatmap/task/induction" in acc.Tags()["images"]
     assert "custom_scalars__config__" in acc.Tags()["tensors"]
-    assert any("hparams" in t for t in acc.summary_metadata) or "_hparams_/experiment" in acc.Tags()["tensors"]
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    hp = HParamsPluginData.FromString(acc.summary_metadata["_hparams_/session_start_info"].plugin_data.content)
+    assert hp.session_start_info.hparams["clamp/summary"].string_value == "layer0.head1.z:zero@[0,15)"
+    assert hp.session_start_info.hparams["transformer/d_model"].number_value == 16
     summary = json.loads((Path(logger.log_dir) / "summary.json").read_text())
     assert set(summary) >= {"phase_changes", "final", "top_heads", "interventions"}
     assert summary["interventions"][0]["site"] == "layer0.head1.z"

@@ -36,8 +36,8 @@ from lightning.pytorch.callbacks import Callback
 from clamp.metrics import curves, heads
 from clamp.metrics.phase import detect_phase_change
 from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
-from clamp.training import masked_loss_and_accuracy, model_inputs
-from synthetic_data.base import batch_rng
+from clamp.training import masked_loss_and_accuracy
+from synthetic_data.base import batch_rng, model_inputs
 from synthetic_data.repeated_tokens import RepeatedTokens
 
 HEAD_METRICS_FOR_PHASE = (
@@ -93,6 +93,7 @@ class EmergenceCallback(Callback):
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.last_heads: dict[str, np.ndarray] = {}
         self._probes: dict[str, dict[str, torch.Tensor]] | None = None
+        self._pending_loss: list[tuple[int, torch.Tensor]] = []  # kept on device: no sync per step
         self._layout_written = False
 
     # ------------------------------------------------------------------ probe sets
@@ -124,6 +125,8 @@ class EmergenceCallback(Callback):
             yield
 
     def _ablation_importance(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+        # the baseline goes through the same (fused-attention) path as the ablated forwards, so a
+        # head whose output is already zero scores exactly 0 rather than kernel round-off
         base, _ = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
         out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
         for layer in range(model.cfg.n_layers):
@@ -145,11 +148,12 @@ class EmergenceCallback(Callback):
         try:
             with torch.no_grad():
                 for probe, batch in self._probes.items():
-                    for name, s in heads.all_head_scores(model, batch).items():
+                    logits, cache = heads.forward_with_cache(model, batch)
+                    for name, s in heads.all_head_scores(model, batch, run=(logits, cache)).items():
                         head_scores[f"{probe}/{name}"] = s.detach().float().cpu()
-                    logits = model(*model_inputs(batch))
+                    loss = masked_loss_and_accuracy(logits, batch)[0]
                     lbp = curves.loss_by_position(logits, batch["targets"], batch["loss_mask"]).cpu()
-                    scalars[f"curves/{probe}/loss"] = float(masked_loss_and_accuracy(logits, batch)[0])
+                    scalars[f"curves/{probe}/loss"] = float(loss)
                     scalars[f"curves/{probe}/acc"] = float(curves.accuracy(logits, batch["targets"], batch["loss_mask"]))
                     scored = [i for i in range(len(lbp)) if math.isfinite(float(lbp[i]))]
                     for i in scored:
@@ -261,9 +265,18 @@ class EmergenceCallback(Callback):
             return
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor):
-            self.history.setdefault("train/loss", []).append((trainer.global_step, float(loss.detach())))
+            self._pending_loss.append((trainer.global_step, loss.detach()))
         if trainer.global_step % self.every_n_steps == 0:
+            self._flush_losses()
             self._probe(trainer, pl_module)
+
+    def _flush_losses(self) -> None:
+        """Move the recorded training losses to the history with one device transfer."""
+        if self._pending_loss:
+            steps, losses = zip(*self._pending_loss)
+            values = torch.stack(losses).float().cpu().tolist()
+            self.history.setdefault("train/loss", []).extend(zip(steps, values))
+            self._pending_loss = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
@@ -277,6 +290,7 @@ class EmergenceCallback(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        self._flush_losses()
         if self.last_heads:
             self._log_heatmaps(trainer, trainer.global_step)
         summary = self.summarize(trainer)
@@ -322,6 +336,7 @@ class EmergenceCallback(Callback):
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         # tensors and plain lists only: Lightning loads checkpoints with torch.load(weights_only=True)
+        self._flush_losses()
         return {
             "history": {k: [(int(s), float(v)) for s, v in h] for k, h in self.history.items()},
             "last_heads": {k: torch.from_numpy(np.asarray(v)) for k, v in self.last_heads.items()},

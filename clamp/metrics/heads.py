@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from synthetic_data.base import model_inputs
+
 PatternInput = torch.Tensor | Sequence[torch.Tensor]
 
 __all__ = [
@@ -270,27 +272,18 @@ def copying_eigen_score(model) -> torch.Tensor:
     return score.float()
 
 
-def _model_inputs(model, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-    dev = next(model.parameters()).device
-    feats = batch.get("features")
-    fmask = batch.get("feature_mask")
-    return {
-        "tokens": batch["tokens"].to(dev),
-        "features": None if feats is None else feats.to(dev),
-        "feature_mask": None if fmask is None else fmask.to(dev),
-    }
-
-
 def _cache_names(model) -> list[str]:
     n = model.cfg.n_layers
     names = [f"layer{l}.pattern" for l in range(n)] + [f"layer{l}.z" for l in range(n)]
     return names + [f"layer{n - 1}.resid_post"]
 
 
-def _run(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    inp = _model_inputs(model, batch)
+def forward_with_cache(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One no-grad forward caching every site the scores need: ``(logits, cache)``."""
+    dev = next(model.parameters()).device
+    inputs = [None if a is None else a.to(dev) for a in model_inputs(batch)]
     with torch.no_grad():
-        return model.run_with_cache(inp["tokens"], inp["features"], inp["feature_mask"], names=_cache_names(model))
+        return model.run_with_cache(*inputs, names=_cache_names(model))
 
 
 def copying_score(model, batch: Mapping[str, torch.Tensor], cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -313,7 +306,7 @@ def copying_score(model, batch: Mapping[str, torch.Tensor], cache: Mapping[str, 
     """
     cfg = model.cfg
     if cache is None:
-        _, cache = _run(model, batch)
+        _, cache = forward_with_cache(model, batch)
     d_out = cfg.d_out
     with torch.no_grad():
         dev = cache["layer0.z"].device
@@ -347,7 +340,9 @@ def copying_score(model, batch: Mapping[str, torch.Tensor], cache: Mapping[str, 
     return torch.stack(out)
 
 
-def all_head_scores(model, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def all_head_scores(
+    model, batch: Mapping[str, torch.Tensor], run: tuple[torch.Tensor, Mapping[str, torch.Tensor]] | None = None
+) -> dict[str, torch.Tensor]:
     """Every score that the batch supports, from one forward; ``{name: [n_layers, n_heads]}``.
 
     Always: ``prev_token``, ``attn_sink``, ``copying``, ``copying_eigen``. With ``copy_src``:
@@ -355,8 +350,11 @@ def all_head_scores(model, batch: Mapping[str, torch.Tensor]) -> dict[str, torch
     ``feature_mask`` (pure token tasks): ``prefix_matching``. With ``feature_mask``:
     ``label_to_exemplar``. With ``query_pos`` and ``match_pos`` / ``match_exemplar_pos``:
     ``query_to_match`` / ``query_to_exemplar``.
-    """
-    logits, cache = _run(model, batch)
+    
+    ``run``: a ``(logits, cache)`` already computed by :func:`forward_with_cache` on this batch,
+    so a caller that also needs the logits pays for one forward.
+"""
+    logits, cache = run if run is not None else forward_with_cache(model, batch)
     pats = patterns_from_cache(cache, model.cfg.n_layers)
     dev = pats[0].device
     b = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
