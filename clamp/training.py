@@ -87,7 +87,15 @@ class TrainingModule(L.LightningModule):
         loss, acc = masked_loss_and_accuracy(self(batch), batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc)
+        # papers often count training sequences, not steps (Singh et al. 2024): log the conversion
+        self.log("train/sequences", float((self.global_step + 1) * self.sequences_per_step(batch)))
         return loss
+
+    def sequences_per_step(self, batch: dict[str, torch.Tensor]) -> int:
+        """Training sequences one optimizer step consumes, over all ranks and accumulated batches."""
+        trainer = self._trainer
+        world, accumulate = (trainer.world_size, trainer.accumulate_grad_batches) if trainer is not None else (1, 1)
+        return int(batch["tokens"].shape[0]) * world * accumulate
 
     def _split_name(self, dataloader_idx: int) -> str:
         names = getattr(getattr(self.trainer, "datamodule", None), "eval_split_names", None)

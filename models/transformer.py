@@ -39,7 +39,9 @@ class TransformerConfig:
     positional: Literal["learned", "rotary", "none"] = "learned"
     rotary_base: float = 10000.0
     tie_embeddings: bool = False
-    bias: bool = True
+    bias: bool = True  # embedding (feature_in), unembedding and MLP biases
+    attn_bias: bool | None = None  # q/k/v and output-projection biases; None -> same as ``bias``
+    init: Literal["normal", "lecun"] = "normal"
     init_std: float = 0.02
     d_vocab: int = 0
     n_ctx: int = 0
@@ -68,12 +70,20 @@ class TransformerConfig:
             raise ValueError(f"normalization={self.normalization!r}; valid: 'layernorm', 'none'")
         if self.positional not in ("learned", "rotary", "none"):
             raise ValueError(f"positional={self.positional!r}; valid: 'learned', 'rotary', 'none'")
+        if self.init not in ("normal", "lecun"):
+            raise ValueError(f"init={self.init!r}; valid: 'normal', 'lecun'")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std={self.init_std} must be > 0")
         if self.act_fn not in ("gelu", "relu"):
             raise ValueError(f"act_fn={self.act_fn!r}; valid: 'gelu', 'relu'")
         if self.positional == "rotary" and self.d_head % 2:
             raise ValueError(f"rotary positions need an even d_head, got {self.d_head}")
         if self.tie_embeddings and self.d_out != self.d_vocab:
             raise ValueError(f"tie_embeddings needs d_out == d_vocab, got d_out={self.d_out}, d_vocab={self.d_vocab}")
+
+
+# std of a standard normal truncated to [-2, 2] (jax.nn.initializers.variance_scaling divides by it)
+_TRUNC_STD = 0.87962566103423978
 
 
 def _norm(cfg: TransformerConfig) -> nn.Module:
@@ -100,8 +110,9 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, dh, dm = cfg.n_heads, cfg.d_head, cfg.d_model
-        self.qkv = nn.Linear(dm, 3 * h * dh, bias=cfg.bias)
-        self.out = nn.Linear(h * dh, dm, bias=cfg.bias)
+        bias = cfg.bias if cfg.attn_bias is None else cfg.attn_bias
+        self.qkv = nn.Linear(dm, 3 * h * dh, bias=bias)
+        self.out = nn.Linear(h * dh, dm, bias=bias)
         head = {"head": h, "d_head": dh}
         p = f"layer{layer}."
         self.q = Site(SiteInfo(p + "q", ("batch", "head", "pos", "d_head"), head, layer))
@@ -237,10 +248,18 @@ class Transformer(SiteModelMixin, nn.Module):
         self.apply(self._init)
 
     def _init(self, m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
+        """``normal``: every weight N(0, init_std). ``lecun`` (Singh et al. 2024's JAX model): linear
+        weights LeCun-normal as ``jax.nn.initializers.lecun_normal`` (normal truncated at 2 sigma,
+        rescaled to std 1/sqrt(fan_in)); embedding tables N(0, init_std) truncated at 2 sigma. Biases 0."""
+        if not isinstance(m, (nn.Linear, nn.Embedding)):
+            return
+        if self.cfg.init == "normal":
             nn.init.normal_(m.weight, std=self.cfg.init_std)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        else:
+            std = 1.0 / math.sqrt(m.in_features) / _TRUNC_STD if isinstance(m, nn.Linear) else self.cfg.init_std
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     @property
     def W_U(self) -> torch.Tensor:

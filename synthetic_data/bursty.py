@@ -10,6 +10,7 @@ induction-like circuit; otherwise only knowledge stored in the weights can solve
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -30,16 +31,33 @@ class BurstyClassification(SyntheticTask):
 
     Training classes are ``0 .. n_classes - holdout_classes - 1`` with rank-frequency
     ``p(k) ∝ (k + 1) ** -zipf_alpha``; the last ``holdout_classes`` classes never occur in training
-    and feed the "ic" eval split. A bursty sequence holds ``N / burstiness`` distinct classes, each
+    and feed the ``ic_holdout_classes`` eval split. A bursty sequence holds ``N / burstiness`` distinct classes, each
     ``burstiness`` times in random order, one of them the query's class; a non-bursty one (prob.
     ``1 - p_bursty``, train only) draws context and query classes iid from ``p``. Labels are either
     re-drawn per sequence (``relabel=True``, "few-shot relabel": distinct classes get distinct random
     labels, so only in-context learning helps) or fixed (``label(k) = k mod n_labels``).
 
+    Finite exemplar sets and held-out splits (Singh et al. 2024's regime; all off by default):
+
+    * ``exemplars_per_class > 0`` (Gaussian mode): a fixed bank of that many exemplars per class,
+      drawn once by ``setup(seed)`` with the formula above; no further noise per draw. A user array
+      is such a bank already.
+    * ``train_exemplars = k > 0``: training (and every split on training classes) uses exemplars
+      ``0 .. k-1`` of each class only; the others feed ``ic_holdout_exemplars``. ``k = 1`` is the
+      paper's one fixed exemplar per class: query and context exemplar of a class are identical.
+    * ``holdout_label_sets = s > 0``: of the ``C(n_labels, m)`` unordered sets of ``m =
+      n_context / burstiness`` labels (pairs in the paper: 10 pairs of 5 labels), ``s`` are held
+      out (chosen by the setup seed, so that every label still occurs in training). Each sequence
+      draws one allowed set and assigns its labels to its ``m`` classes in random order; eval
+      ``ic_holdout_labels`` uses the held-out sets. Needs ``relabel`` and ``p_bursty = 1``.
+
     Splits: ``train`` as configured; ``ic`` — query class in context, random per-sequence labels,
-    classes uniform over the held-out classes (all classes if ``holdout_classes == 0``); ``iw`` —
-    query class (drawn like in training) absent from the context, fixed labels ``k mod n_labels``,
-    so only in-weights knowledge solves it (chance ``1 / n_labels`` in relabel training, by design).
+    classes uniform over the training classes (the training distribution when ``zipf_alpha = 0``);
+    ``iw`` — query class (drawn like in training) absent from the context, fixed labels
+    ``k mod n_labels``, so only in-weights knowledge solves it (chance ``1 / n_labels`` in relabel
+    training, by design). Like ``ic`` but on held-out material, when configured:
+    ``ic_holdout_classes`` (the held-out classes, any of their exemplars), ``ic_holdout_exemplars``
+    (training classes, held-out exemplars), ``ic_holdout_labels`` (held-out label sets).
 
     Batch: exemplar positions (even) have token id ``n_labels`` (placeholder), their vector in
     ``features`` [B, T, D] and ``feature_mask`` True; label positions (odd) hold the label id and
@@ -59,8 +77,6 @@ class BurstyClassification(SyntheticTask):
     ``spec = TaskSpec(d_vocab=n_labels + 1, n_ctx=2N + 1, d_feature=dim, d_out=n_labels)``.
     """
 
-    eval_splits = ("ic", "iw")
-
     def __init__(
         self,
         n_classes: int = 1600,
@@ -76,6 +92,9 @@ class BurstyClassification(SyntheticTask):
         exemplars: str | None = None,
         exemplars_key: str = "exemplars",
         loss_on_context_labels: bool = False,
+        exemplars_per_class: int = 0,
+        train_exemplars: int = 0,
+        holdout_label_sets: int = 0,
     ) -> None:
         self.n_classes, self.dim = n_classes, dim
         self.within_class_noise, self.n_context, self.burstiness = within_class_noise, n_context, burstiness
@@ -83,6 +102,8 @@ class BurstyClassification(SyntheticTask):
         self.relabel, self.holdout_classes = relabel, holdout_classes
         self.exemplars, self.exemplars_key = exemplars, exemplars_key
         self.loss_on_context_labels = loss_on_context_labels
+        self.exemplars_per_class, self.train_exemplars = exemplars_per_class, train_exemplars
+        self.holdout_label_sets = holdout_label_sets
 
         self._bank: np.ndarray | None = None
         if exemplars is not None:
@@ -92,6 +113,8 @@ class BurstyClassification(SyntheticTask):
         self._means: np.ndarray | None = None
         self._p: np.ndarray | None = None
         self._cdf: np.ndarray | None = None
+        self._table: np.ndarray | None = None  # [classes, exemplars, dim] sampled from, if finite
+        self._label_sets: dict[str, np.ndarray] = {}  # "train" / "holdout" -> [sets, m] label ids
 
     def _validate(self) -> None:
         K, N, B, L, H = self.n_classes, self.n_context, self.burstiness, self.n_labels, self.holdout_classes
@@ -126,11 +149,53 @@ class BurstyClassification(SyntheticTask):
                 f"n_labels={L} must be >= n_context+1={N + 1} with relabel=True and p_bursty={self.p_bursty} < 1 "
                 "(a non-bursty sequence can hold n_context+1 distinct classes, each needing its own label)"
             )
+        if self.exemplars_per_class < 0 or (self.exemplars_per_class and self._bank is not None):
+            raise ValueError(
+                f"exemplars_per_class={self.exemplars_per_class} must be >= 0, and 0 with an exemplars file "
+                f"(the file fixes the count: {None if self._bank is None else self._bank.shape[1]})"
+            )
+        E = self.n_exemplars
+        if not 0 <= self.train_exemplars <= E:
+            hint = " (Gaussian exemplars are unlimited: set exemplars_per_class > 0 for a finite bank)" if E == 0 else ""
+            raise ValueError(f"train_exemplars={self.train_exemplars} must be in [0, {E}] (0 = all exemplars){hint}")
+        S = self.holdout_label_sets
+        if S:
+            if not self.relabel or self.p_bursty < 1.0:
+                raise ValueError(
+                    f"holdout_label_sets={S} needs relabel=True and p_bursty=1 (got relabel={self.relabel}, "
+                    f"p_bursty={self.p_bursty}): every sequence must hold exactly n_context/burstiness classes"
+                )
+            total = math.comb(L, m)
+            if total > 100_000:
+                raise ValueError(f"holdout_label_sets={S}: C(n_labels={L}, {m}) = {total} label sets is too many to enumerate (max 100000)")
+            if not 0 < S < total:
+                raise ValueError(f"holdout_label_sets={S} must be in [0, {total - 1}] (C(n_labels={L}, {m}) = {total} sets of {m} labels)")
 
     # ------------------------------------------------------------------ structure
     @property
     def seq_len(self) -> int:
         return 2 * self.n_context + 1
+
+    @property
+    def n_exemplars(self) -> int:
+        """Exemplars per class in the bank (0: Gaussian exemplars drawn fresh each time)."""
+        return int(self._bank.shape[1]) if self._bank is not None else self.exemplars_per_class
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:  # type: ignore[override]
+        splits = ["ic", "iw"]
+        if self.holdout_classes:
+            splits.append("ic_holdout_classes")
+        if 0 < self.train_exemplars < self.n_exemplars:
+            splits.append("ic_holdout_exemplars")
+        if self.holdout_label_sets:
+            splits.append("ic_holdout_labels")
+        return tuple(splits)
+
+    @property
+    def label_sets(self) -> dict[str, np.ndarray]:
+        """``{"train": [sets, m], "holdout": [sets, m]}`` label ids when label sets are held out (after setup)."""
+        return dict(self._label_sets)
 
     @property
     def n_train_classes(self) -> int:
@@ -147,13 +212,34 @@ class BurstyClassification(SyntheticTask):
         return TaskSpec(d_vocab=self.n_labels + 1, n_ctx=self.seq_len, d_feature=self.dim, d_out=self.n_labels)
 
     def setup(self, seed: int) -> None:
-        """Fix the class means (Gaussian mode) from ``seed``; user exemplars need nothing."""
+        """Fix from ``seed``: the class means and exemplar bank (Gaussian mode) and the held-out label sets."""
+        self._table = self._bank
         if self._bank is None:
             rng = np.random.default_rng([seed, 12345])
             self._means = (rng.standard_normal((self.n_classes, self.dim)) / math.sqrt(self.dim)).astype(np.float32)
+            if self.exemplars_per_class:
+                eps, shape = self.within_class_noise, (self.n_classes, self.exemplars_per_class, self.dim)
+                eta = np.random.default_rng([seed, 23456]).standard_normal(shape) / math.sqrt(self.dim)
+                self._table = ((self._means[:, None] + eps * eta) / math.sqrt(1.0 + eps * eps)).astype(np.float32)
         self._p = self.class_probs
         self._cdf = np.cumsum(self._p)
         self._cdf /= self._cdf[-1]
+        self._label_sets = self._split_label_sets(seed) if self.holdout_label_sets else {}
+
+    def _split_label_sets(self, seed: int) -> dict[str, np.ndarray]:
+        """Hold out ``holdout_label_sets`` random label sets, redrawing until training still uses every label."""
+        m = self.n_context // self.burstiness
+        sets = np.array(list(itertools.combinations(range(self.n_labels), m)), dtype=np.int64)
+        rng = np.random.default_rng([seed, 34567])
+        for _ in range(1000):
+            perm = rng.permutation(len(sets))
+            held, kept = sets[perm[: self.holdout_label_sets]], sets[perm[self.holdout_label_sets :]]
+            if len(np.unique(kept)) == self.n_labels:
+                return {"train": kept[np.lexsort(kept.T[::-1])], "holdout": held[np.lexsort(held.T[::-1])]}
+        raise ValueError(
+            f"holdout_label_sets={self.holdout_label_sets}: no split of the {len(sets)} label sets leaves every "
+            f"one of the n_labels={self.n_labels} labels in training; hold out fewer sets"
+        )
 
     # ------------------------------------------------------------------ sampling helpers
     @staticmethod
@@ -201,24 +287,39 @@ class BurstyClassification(SyntheticTask):
         order = np.argsort(rng.random(ctx.shape), axis=1)
         return np.take_along_axis(ctx, order, axis=1)
 
-    def _random_labels(self, rng: np.random.Generator, classes: np.ndarray) -> np.ndarray:
-        """Distinct random labels for the distinct classes of each row of ``classes`` [bs, n]."""
+    def _random_labels(self, rng: np.random.Generator, classes: np.ndarray, label_sets: str = "train") -> np.ndarray:
+        """Distinct random labels for the distinct classes of each row of ``classes`` [bs, n].
+
+        Without held-out label sets any labels; with them, a set drawn from ``label_sets``
+        (``"train"`` or ``"holdout"``), its labels in random order.
+        """
         bs, n = classes.shape
         eq = classes[:, :, None] == classes[:, None, :]
         first = eq.argmax(axis=2)  # first position holding the same class
         is_first = first == np.arange(n)[None, :]
         rank = np.cumsum(is_first, axis=1) - 1  # index of each class among the row's distinct classes
         slot = np.take_along_axis(rank, first, axis=1)
-        perm = np.argsort(rng.random((bs, self.n_labels)), axis=1)
-        return np.take_along_axis(perm, slot, axis=1)
+        if not self._label_sets:
+            perm = np.argsort(rng.random((bs, self.n_labels)), axis=1)
+            return np.take_along_axis(perm, slot, axis=1)
+        sets = self._label_sets[label_sets]
+        chosen = sets[rng.integers(len(sets), size=bs)]  # [bs, m]
+        order = np.argsort(rng.random(chosen.shape), axis=1)
+        return np.take_along_axis(np.take_along_axis(chosen, order, axis=1), slot, axis=1)
 
-    def _vectors(self, rng: np.random.Generator, classes: np.ndarray) -> np.ndarray:
+    def _exemplar_range(self, exemplars: str) -> tuple[int, int]:
+        """Bank indices ``[lo, hi)`` of ``exemplars``: "train", "holdout" or "all"."""
+        E, k = self.n_exemplars, self.train_exemplars or self.n_exemplars
+        return {"train": (0, k), "holdout": (k, E), "all": (0, E)}[exemplars]
+
+    def _vectors(self, rng: np.random.Generator, classes: np.ndarray, exemplars: str = "train") -> np.ndarray:
         eps = self.within_class_noise
-        if self._bank is None:
+        if self._table is None:
             x = self._means[classes]
         else:
-            x = self._bank[classes, rng.integers(self._bank.shape[1], size=classes.shape)]
-            if eps <= 0:
+            lo, hi = self._exemplar_range(exemplars)
+            x = self._table[classes, rng.integers(lo, hi, size=classes.shape)]
+            if eps <= 0 or self._bank is None:  # a generated bank already holds its noise
                 return x.astype(np.float32, copy=False)
         eta = rng.standard_normal((*classes.shape, self.dim)) / math.sqrt(self.dim)
         return ((x + eps * eta) / math.sqrt(1.0 + eps * eps)).astype(np.float32)
@@ -244,23 +345,24 @@ class BurstyClassification(SyntheticTask):
                 ctx_nb = self._draw(rng, self._cdf, (bs, N))
                 ctx[~is_bursty] = ctx_nb[~is_bursty]
             random_labels = self.relabel
-        elif split == "ic":
-            H = self.holdout_classes
-            offset, pool = (Kt, H) if H > 0 else (0, self.n_classes)
+        elif split == "iw":
+            q = self._draw(rng, self._cdf, bs)
+            ctx = self._layout(rng, self._distinct(rng, bs, m, self._p, exclude=q))
+            random_labels = False
+        else:  # "ic" and its held-out variants: the query's class in context, classes uniform over a pool
+            offset, pool = (Kt, self.holdout_classes) if split == "ic_holdout_classes" else (0, Kt)
             cls_set = self._distinct(rng, bs, m, np.full(pool, 1.0 / pool)) + offset
             q = cls_set[np.arange(bs), rng.integers(m, size=bs)]
             ctx = self._layout(rng, cls_set)
             random_labels = True
-        else:  # "iw"
-            q = self._draw(rng, self._cdf, bs)
-            ctx = self._layout(rng, self._distinct(rng, bs, m, self._p, exclude=q))
-            random_labels = False
 
         q = q.astype(np.int64)
         ctx = ctx.astype(np.int64)
         allc = np.concatenate([ctx, q[:, None]], axis=1)  # [bs, N+1], query last
-        labels = self._random_labels(rng, allc) if random_labels else allc % L
-        x = self._vectors(rng, allc)
+        label_sets = "holdout" if split == "ic_holdout_labels" else "train"
+        labels = self._random_labels(rng, allc, label_sets) if random_labels else allc % L
+        exemplars = {"ic_holdout_exemplars": "holdout", "ic_holdout_classes": "all"}.get(split, "train")
+        x = self._vectors(rng, allc, exemplars)
         return self._assemble(allc, labels, x)
 
     def _assemble(self, allc: np.ndarray, labels: np.ndarray, x: np.ndarray) -> dict[str, torch.Tensor]:

@@ -158,3 +158,25 @@ def test_matches_a_site_free_implementation() -> None:
     torch.testing.assert_close(m(tokens), _site_free_forward(m, tokens), atol=1e-5, rtol=1e-4)
     out, _ = m.run_with_cache(tokens, names=["layer0.pattern", "layer1.result"])
     torch.testing.assert_close(out, _site_free_forward(m, tokens), atol=1e-5, rtol=1e-4)
+
+
+def test_lecun_init_and_separate_attention_biases() -> None:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(n_layers=1, n_heads=4, d_model=256, attn_only=False, attn_bias=False, init="lecun")
+    m = Transformer(cfg.resolved(d_vocab=16, n_ctx=8, d_feature=512, d_out=5))
+    # LeCun-normal: std 1/sqrt(fan_in), truncated at 2 sigma of the underlying normal
+    for name, lin in [("qkv", m.blocks[0].attn.qkv), ("out", m.blocks[0].attn.out), ("fc_in", m.blocks[0].mlp.fc_in),
+                      ("feature_in", m.feature_in), ("unembed", m.unembed)]:
+        w, bound = lin.weight.detach(), 2 / lin.in_features**0.5 / 0.87962566103423978
+        assert abs(float(w.std()) * lin.in_features**0.5 - 1) < 0.05, name
+        assert float(w.abs().max()) <= bound + 1e-6, name
+    emb = m.W_E.weight.detach()  # embedding tables keep init_std (Chan et al.'s truncated normal)
+    assert float(emb.abs().max()) <= 2 * 0.02 / 0.87962566103423978 + 1e-6
+    # attention without biases, embedding / unembedding / MLP with them
+    assert m.blocks[0].attn.qkv.bias is None and m.blocks[0].attn.out.bias is None
+    assert m.feature_in.bias is not None and m.unembed.bias is not None and m.blocks[0].mlp.fc_in.bias is not None
+    # the default scheme is unchanged: N(0, 0.02) everywhere, biases wherever bias=True
+    d = Transformer(TransformerConfig(n_layers=1, n_heads=4, d_model=256).resolved(d_vocab=16, n_ctx=8, d_feature=512, d_out=5))
+    assert abs(float(d.blocks[0].attn.qkv.weight.detach().std()) - 0.02) < 0.001 and d.blocks[0].attn.qkv.bias is not None
+    with pytest.raises(ValueError, match="init='xavier'; valid: 'normal', 'lecun'"):
+        TransformerConfig(init="xavier").resolved(d_vocab=4, n_ctx=4)

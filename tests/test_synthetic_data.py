@@ -182,10 +182,13 @@ def test_bursty_iw_split() -> None:
     assert all(len(np.unique(r)) == N // 2 for r in ctx)
 
 
-def test_bursty_ic_split_uses_holdout_and_random_labels() -> None:
+def test_bursty_ic_holdout_classes_split_and_random_labels() -> None:
     N, L, K, H = 4, 8, 60, 10
     task = ready(BurstyClassification(n_classes=K, dim=4, n_context=N, n_labels=L, holdout_classes=H, relabel=False))
-    b = as_np(task.sample(rng(), 2000, "ic"))
+    assert task.eval_splits == ("ic", "iw", "ic_holdout_classes")
+    trained = as_np(task.sample(rng(), 2000, "ic"))["classes"][:, 0::2]
+    assert trained.max() < K - H and len(np.unique(trained)) == K - H  # "ic": the training classes
+    b = as_np(task.sample(rng(), 2000, "ic_holdout_classes"))
     ctx, q = ctx_and_query(b, N)
     assert (ctx >= K - H).all() and (q >= K - H).all()
     assert (b["match_pos"] >= 0).all()
@@ -288,6 +291,76 @@ def test_bursty_requires_setup() -> None:
         BurstyClassification().sample(rng(), 2)
 
 
+def paper_task(**kw) -> BurstyClassification:
+    """Singh et al. 2024's regime: 2 of 5 labels per sequence, 1 fixed training exemplar of 5, held-out classes."""
+    args = dict(n_classes=30, dim=8, n_context=2, n_labels=5, holdout_classes=10, exemplars_per_class=5,
+                train_exemplars=1, holdout_label_sets=2, within_class_noise=0.5)
+    return ready(BurstyClassification(**{**args, **kw}))
+
+
+def test_bursty_paper_regime_splits() -> None:
+    task = paper_task()
+    assert task.eval_splits == ("ic", "iw", "ic_holdout_classes", "ic_holdout_exemplars", "ic_holdout_labels")
+    n = 3000
+    batches = {s: as_np(task.sample(rng(7), n, s)) for s in ("train", "ic", "ic_holdout_classes", "ic_holdout_exemplars", "ic_holdout_labels")}
+    bank = task._table  # [K, 5, D], drawn by setup(seed)
+
+    def exemplar_ids(b):  # which bank row each exemplar position holds
+        x, c = b["features"][:, 0::2], b["classes"][:, 0::2]
+        d = np.abs(bank[c] - x[:, :, None, :]).sum(-1)  # [n, 3, 5]
+        assert (d.min(-1) == 0).all()  # exact bank rows, no per-draw noise
+        return d.argmin(-1)
+
+    for split in ("train", "ic", "ic_holdout_labels"):
+        b = batches[split]
+        assert (exemplar_ids(b) == 0).all(), split  # one fixed exemplar per class ...
+        q, m = b["features"][:, -1], b["features"][np.arange(n), b["match_exemplar_pos"]]
+        assert np.array_equal(q, m), split  # ... so the query equals its context exemplar exactly
+        assert b["classes"][:, 0::2].max() < 20, split
+    held_ex = exemplar_ids(batches["ic_holdout_exemplars"])
+    assert set(np.unique(held_ex)) == {1, 2, 3, 4}
+    assert batches["ic_holdout_exemplars"]["classes"][:, 0::2].max() < 20
+    hc = batches["ic_holdout_classes"]
+    assert hc["classes"][:, 0::2].min() >= 20 and set(np.unique(exemplar_ids(hc))) == {0, 1, 2, 3, 4}
+
+    # label pairs: training and the held-out eval use disjoint unordered pairs, every label trains
+    sets = task.label_sets
+    assert sets["train"].shape == (8, 2) and sets["holdout"].shape == (2, 2)
+    assert set(np.unique(sets["train"])) == set(range(5))
+    def pairs(b):
+        return {tuple(sorted(r)) for r in b["tokens"][:, 1::2]}
+    train_pairs = {tuple(r) for r in sets["train"]}
+    held_pairs = {tuple(r) for r in sets["holdout"]}
+    assert pairs(batches["train"]) == pairs(batches["ic"]) == train_pairs
+    assert pairs(batches["ic_holdout_labels"]) == held_pairs and not train_pairs & held_pairs
+    for b in batches.values():  # the query's label is the label of its context exemplar; both orders occur
+        assert (b["tokens"][np.arange(n), b["match_pos"]] == b["targets"][:, -1]).all()
+        first = b["tokens"][:, 1]
+        for pair in pairs(b):
+            rows = np.sort(b["tokens"][:, 1::2], 1).tolist()
+            sel = np.array([tuple(r) == pair for r in rows])
+            assert len(np.unique(first[sel])) == 2
+    # the split is fixed by the seed
+    assert np.array_equal(paper_task().label_sets["holdout"], sets["holdout"])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(exemplars_per_class=0), r"train_exemplars=1 must be in \[0, 0\].*exemplars_per_class"),
+        (dict(train_exemplars=6), r"train_exemplars=6 must be in \[0, 5\]"),
+        (dict(holdout_label_sets=10), r"holdout_label_sets=10 must be in \[0, 9\]"),
+        (dict(holdout_label_sets=2, relabel=False), r"holdout_label_sets=2 needs relabel=True"),
+        (dict(holdout_label_sets=4, n_labels=3), r"holdout_label_sets=4 must be in \[0, 2\]"),
+        (dict(holdout_label_sets=2, n_labels=3), r"no split .* leaves every one of the n_labels=3"),
+        (dict(exemplars_per_class=-1, train_exemplars=0), r"exemplars_per_class=-1"),
+    ],
+)
+def test_bursty_paper_options_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        paper_task(**kwargs)
+
+
 # ---------------------------------------------------------------------------------------- exemplar files
 def exemplar_array(K: int = 7, E: int = 3, D: int = 5) -> np.ndarray:
     a = np.random.default_rng(0).standard_normal((K, E, D)).astype(np.float32)
@@ -347,6 +420,14 @@ def test_bursty_with_user_exemplars(tmp_path, fmt: str) -> None:
     assert (k == cls).all()
     assert np.array_equal(x, arr[k, e])  # exact rows of the user's array
     assert len(np.unique(e)) == 3  # all exemplars of a class are used
+    # held-out exemplars of a user bank: training sees exemplar 0 only, the eval split the others
+    split = ready(BurstyClassification(exemplars=path, exemplars_key="feats", within_class_noise=0.0, n_context=4, n_labels=8, train_exemplars=1))
+    assert split.eval_splits == ("ic", "iw", "ic_holdout_exemplars")
+    for name, want in (("train", {0}), ("ic_holdout_exemplars", {1, 2})):
+        xs = as_np(split.sample(rng(), 300, name))["features"][:, 0::2].reshape(-1, 5)
+        assert set(np.rint(xs[:, 0]).astype(int) % 10) == want
+    with pytest.raises(ValueError, match="exemplars_per_class=2 must be >= 0, and 0 with an exemplars file"):
+        BurstyClassification(exemplars=path, exemplars_key="feats", exemplars_per_class=2)
     noisy = ready(BurstyClassification(exemplars=path, exemplars_key="feats", within_class_noise=0.3, n_context=4, n_labels=8))
     xn = as_np(noisy.sample(rng(), 50))["features"][:, 0::2].reshape(-1, 5)
     assert not np.isin(xn[:, 1], arr[..., 1]).any()

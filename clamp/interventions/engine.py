@@ -135,7 +135,7 @@ def check_reference_architecture(model: nn.Module, hparams: Mapping[str, Any], o
     ref = TransformerConfig(**hparams["transformer"]).resolved(
         d_vocab=task.get("d_vocab", 0), n_ctx=task.get("n_ctx", 0), d_feature=task.get("d_feature", 0), d_out=task.get("d_out", 0)
     )
-    diffs = [f"{k}={v!r} in the reference vs {getattr(cfg, k)!r} in the model" for k, v in asdict(ref).items() if k != "init_std" and v != getattr(cfg, k)]
+    diffs = [f"{k}={v!r} in the reference vs {getattr(cfg, k)!r} in the model" for k, v in asdict(ref).items() if k not in ("init", "init_std") and v != getattr(cfg, k)]
     if diffs:
         raise ValueError(f"reference {origin!r} has a different architecture: " + "; ".join(diffs))
 
