@@ -111,7 +111,27 @@ class UnknownSiteError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-_HEAD_RE = re.compile(r"^(?P<prefix>.*?)\.head(?P<head>\d+|\*)\.(?P<leaf>[^.]+)$")
+_HEAD_RE = re.compile(r"^(?P<prefix>.*?)\.head(?P<head>\d+|\*|\[[^\]]*\])\.(?P<leaf>[^.]+)$")
+
+
+def parse_heads(spec: str, n_heads: int, selector: str) -> list[int]:
+    """``'3'`` -> [3]; ``'*'`` -> all; ``'[0,2,5]'`` / ``'[1-7]'`` / ``'[0,4-6]'`` -> that set (sorted, unique)."""
+    if spec == "*":
+        return list(range(n_heads))
+    items = spec[1:-1].split(",") if spec.startswith("[") else [spec]
+    heads: set[int] = set()
+    for item in (i.strip() for i in items):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if not m:
+            raise ValueError(f"selector {selector!r}: bad head set {spec!r}; write head<H>, head*, head[0,2,5] or head[1-7]")
+        lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if hi < lo:
+            raise ValueError(f"selector {selector!r}: empty head range {item!r} in {spec!r}")
+        heads.update(range(lo, hi + 1))
+    bad = sorted(h for h in heads if not 0 <= h < n_heads)
+    if bad:
+        raise ValueError(f"selector {selector!r}: head {', '.join(map(str, bad))} out of range; valid heads are 0..{n_heads - 1}")
+    return sorted(heads)
 
 
 class SiteModelMixin:
@@ -141,7 +161,7 @@ class SiteModelMixin:
         head_sites = sorted({i.name.split(".")[-1] for i in self.sites() if i.head_dim is not None})
         tail = (
             f"\n  per-head selectors: layer<L>.head<H>.<{'|'.join(head_sites)}> "
-            f"(H in 0..{self.n_heads - 1} or *), layer* matches every layer"
+            f"(H in 0..{self.n_heads - 1}, *, or a set like [0,2,5] / [1-7]), layer* matches every layer"
             if head_sites
             else ""
         )
@@ -158,7 +178,7 @@ class SiteModelMixin:
         """Expand a selector into ``(site, head)`` pairs.
 
         ``layer1.head3.z`` -> one head of one site; ``layer1.head*.z`` -> every head;
-        ``layer*.resid_post`` -> every layer. ``head=None`` means the whole tensor.
+        ``layer1.head[1-7].z`` / ``layer1.head[0,2,5].z`` -> a set of heads; ``layer*.resid_post`` -> every layer. ``head=None`` means the whole tensor.
         """
         head: str | None = None
         base = selector
@@ -177,11 +197,7 @@ class SiteModelMixin:
                 continue
             if s.info.head_dim is None:
                 raise ValueError(f"selector {selector!r}: site {s.name!r} has no head axis (dims {s.info.dims})")
-            n_heads = s.info.sizes["head"]
-            heads = range(n_heads) if head == "*" else [int(head)]
-            for h in heads:
-                if not 0 <= h < n_heads:
-                    raise ValueError(f"selector {selector!r}: head {h} out of range; valid heads are 0..{n_heads - 1}")
+            for h in parse_heads(head, s.info.sizes["head"], selector):
                 out.append((s, h))
         return out
 
@@ -194,12 +210,6 @@ class SiteModelMixin:
         finally:
             for r in removers:
                 r()
-
-    def intervene(self, interventions, **kwargs):  # noqa: ANN001, ANN201 (see clamp.interventions.intervene)
-        """``with model.intervene([...]):`` — apply clamp interventions for the block (analysis use)."""
-        from clamp.interventions.engine import intervene
-
-        return intervene(self, interventions, **kwargs)  # type: ignore[arg-type]
 
     def run_with_cache(self, *args, names: Sequence[str] | None = None, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward once and return ``(output, {site_name: activation})`` for the requested sites.

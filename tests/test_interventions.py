@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clamp.interventions import InterventionEngine, Schedule
+from clamp.interventions import InterventionEngine, Schedule, intervene
 from models import Transformer, TransformerConfig
 from models.sites import Site
 
@@ -89,7 +89,7 @@ def grads_of(model: Transformer, tokens: torch.Tensor = TOK) -> tuple[torch.Tens
 
 def test_zero_one_head_matches_hand_computed_attn_out(model: Transformer) -> None:
     clean = cache(model, ["layer0.z", "layer0.attn_out"])
-    with model.intervene([{"site": "layer0.head1.z", "op": {"kind": "zero"}}]):
+    with intervene(model, [{"site": "layer0.head1.z", "op": {"kind": "zero"}}]):
         got = cache(model, ["layer0.z", "layer0.attn_out"])
     z = clean["layer0.z"]
     out = model.blocks[0].attn.out
@@ -104,7 +104,7 @@ def test_zero_one_head_matches_hand_computed_attn_out(model: Transformer) -> Non
 def test_scale_with_half_strength_is_one_and_a_half_x_and_propagates(model: Transformer) -> None:
     clean = cache(model, ["layer0.resid_mid"])
     spec = {"site": "layer0.resid_mid", "op": {"kind": "scale", "k": 2.0}, "schedule": {"strength": 0.5}}
-    with model.intervene([spec]):
+    with intervene(model, [spec]):
         got = cache(model, ["layer0.resid_mid", "layer0.mlp_out"])
     x = clean["layer0.resid_mid"]
     assert torch.allclose(got["layer0.resid_mid"], 1.5 * x, atol=ATOL)
@@ -114,7 +114,7 @@ def test_scale_with_half_strength_is_one_and_a_half_x_and_propagates(model: Tran
 def test_interpolation_alpha_quarter_strength_and_ramp(model: Transformer) -> None:
     x = cache(model, ["layer1.resid_pre"])["layer1.resid_pre"]
     expected = 0.75 * x + 0.25 * 3.0
-    with model.intervene([{"site": "layer1.resid_pre", "op": {"kind": "constant", "value": 3.0}, "schedule": {"strength": 0.25}}]):
+    with intervene(model, [{"site": "layer1.resid_pre", "op": {"kind": "constant", "value": 3.0}, "schedule": {"strength": 0.25}}]):
         got = cache(model, ["layer1.resid_pre"])["layer1.resid_pre"]
     assert torch.allclose(got, expected, atol=ATOL)
     # the same alpha reached through a ramp: 1/4 at the first of 4 ramp steps
@@ -127,7 +127,7 @@ def test_interpolation_alpha_quarter_strength_and_ramp(model: Transformer) -> No
 
 def test_mean_over_batch_only_at_selected_positions(model: Transformer) -> None:
     z = cache(model, ["layer0.z"])["layer0.z"]
-    with model.intervene([{"site": "layer0.head2.z", "op": {"kind": "mean"}, "positions": [1, -1]}]):
+    with intervene(model, [{"site": "layer0.head2.z", "op": {"kind": "mean"}, "positions": [1, -1]}]):
         got = cache(model, ["layer0.z"])["layer0.z"]
     expected = z.clone()
     for p in (1, T - 1):
@@ -139,7 +139,7 @@ def test_mean_over_batch_only_at_selected_positions(model: Transformer) -> None:
 
 def test_mean_over_batch_and_positions(model: Transformer) -> None:
     x = cache(model, ["layer0.resid_mid"])["layer0.resid_mid"]
-    with model.intervene([{"site": "layer0.resid_mid", "op": {"kind": "mean", "over": "batch_pos"}}]):
+    with intervene(model, [{"site": "layer0.resid_mid", "op": {"kind": "mean", "over": "batch_pos"}}]):
         got = cache(model, ["layer0.resid_mid"])["layer0.resid_mid"]
     assert torch.allclose(got, x.mean(dim=(0, 1)).expand_as(x), atol=ATOL)
 
@@ -169,7 +169,7 @@ def test_running_mean_ema_updates_once_per_train_forward_per_head(model: Transfo
 
 def test_resample_is_a_cyclic_shift_of_the_batch_on_the_selected_head(model: Transformer) -> None:
     z = cache(model, ["layer0.z"])["layer0.z"]
-    with model.intervene([{"site": "layer0.head0.z", "op": {"kind": "resample"}}]):
+    with intervene(model, [{"site": "layer0.head0.z", "op": {"kind": "resample"}}]):
         got = cache(model, ["layer0.z"])["layer0.z"]
     shifts = [s for s in range(B) if torch.allclose(got[:, 0], z[(torch.arange(B) + s) % B, 0], atol=ATOL)]
     assert len(shifts) == 1 and shifts[0] != 0
@@ -223,7 +223,7 @@ def test_constant_from_file_or_list_with_positions_and_features(model: Transform
     value = _save_constant(kind, v, tmp_path)
     z = cache(model, ["layer0.z"])["layer0.z"]
     spec = {"site": "layer0.head2.z", "op": {"kind": "constant", "value": value}, "positions": [2, 5], "features": [0, -1]}
-    with model.intervene([spec]):
+    with intervene(model, [spec]):
         got = cache(model, ["layer0.z", "layer0.attn_out"])
     expected = z.clone()
     for p in (2, 5):
@@ -236,12 +236,12 @@ def test_constant_from_file_or_list_with_positions_and_features(model: Transform
 def test_constant_broadcasts_inline_vector_and_scalar(model: Transformer) -> None:
     x = cache(model, ["layer1.resid_mid"])["layer1.resid_mid"]
     vec = torch.arange(D, dtype=torch.float32)
-    with model.intervene([{"site": "layer1.resid_mid", "op": {"kind": "constant", "value": vec.tolist()}, "positions": [0]}]):
+    with intervene(model, [{"site": "layer1.resid_mid", "op": {"kind": "constant", "value": vec.tolist()}, "positions": [0]}]):
         got = cache(model, ["layer1.resid_mid"])["layer1.resid_mid"]
     expected = x.clone()
     expected[:, 0] = vec
     assert torch.allclose(got, expected, atol=ATOL)
-    with model.intervene([{"site": "layer1.resid_mid", "op": {"kind": "constant", "value": -2.0}, "features": [3]}]):
+    with intervene(model, [{"site": "layer1.resid_mid", "op": {"kind": "constant", "value": -2.0}, "features": [3]}]):
         got = cache(model, ["layer1.resid_mid"])["layer1.resid_mid"]
     expected = x.clone()
     expected[..., 3] = -2.0
@@ -251,7 +251,7 @@ def test_constant_broadcasts_inline_vector_and_scalar(model: Transformer) -> Non
 def test_construct_previous_token_pattern_on_one_head(model: Transformer) -> None:
     clean = cache(model, ["layer0.pattern", "layer0.v", "layer0.z"])
     spec = {"site": "layer0.head1.pattern", "op": {"kind": "construct", "fn": "clamp.interventions.constructors.previous_token_pattern"}}
-    with model.intervene([spec]):
+    with intervene(model, [spec]):
         got = cache(model, ["layer0.pattern", "layer0.z"])
     prev = torch.zeros(T, T)
     prev[0, 0] = 1
@@ -299,7 +299,7 @@ def test_clamp_to_reference_checkpoint_reproduces_site_and_downstream(model: Tra
     ckpt = _save_ckpt(other, tmp_path / ("ref.safetensors" if fmt == "safetensors" else "ref.ckpt"), fmt)
     names = ["layer0.pattern", "layer0.resid_post", "layer1.pattern", "logits"]
     mine, theirs = cache(model, names), cache(other, names)
-    with model.intervene([{"site": "layer0.resid_post", "op": {"kind": "clamp_to_reference", "reference": ckpt}}]):
+    with intervene(model, [{"site": "layer0.resid_post", "op": {"kind": "clamp_to_reference", "reference": ckpt}}]):
         got = cache(model, names)
     assert torch.allclose(got["layer0.pattern"], mine["layer0.pattern"], atol=ATOL)  # upstream: own values
     for n in ("layer0.resid_post", "layer1.pattern", "logits"):  # clamped site and everything downstream: the other's
@@ -311,12 +311,12 @@ def test_clamp_to_reference_per_head_and_no_gradient_through_the_clamp(model: Tr
     other = _other_model_sharing_layer1(model)
     ckpt = _save_ckpt(other, tmp_path / "ref.ckpt", "lightning")
     mine, theirs = cache(model, ["layer0.pattern"]), cache(other, ["layer0.pattern"])
-    with model.intervene([{"site": "layer0.head3.pattern", "op": {"kind": "clamp_to_reference", "reference": ckpt}}]):
+    with intervene(model, [{"site": "layer0.head3.pattern", "op": {"kind": "clamp_to_reference", "reference": ckpt}}]):
         got = cache(model, ["layer0.pattern"])["layer0.pattern"]
     assert torch.allclose(got[:, 3], theirs["layer0.pattern"][:, 3], atol=ATOL)
     assert torch.allclose(got[:, :3], mine["layer0.pattern"][:, :3], atol=ATOL)
     # the whole residual stream clamped: nothing upstream of it learns
-    with model.intervene([{"site": "layer0.resid_post", "op": {"kind": "clamp_to_reference", "reference": ckpt}}]):
+    with intervene(model, [{"site": "layer0.resid_post", "op": {"kind": "clamp_to_reference", "reference": ckpt}}]):
         _, g = grads_of(model)
     for n in ("W_E.weight", "W_pos.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc_in.weight"):
         assert torch.all(g[n] == 0), n
@@ -325,7 +325,7 @@ def test_clamp_to_reference_per_head_and_no_gradient_through_the_clamp(model: Tr
 
 def test_clamp_to_reference_init_is_the_model_at_engine_creation(model: Transformer) -> None:
     snapshot = copy.deepcopy(model)
-    with model.intervene([{"site": "layer0.head0.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}]):
+    with intervene(model, [{"site": "layer0.head0.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}]):
         with torch.no_grad():
             model.blocks[0].attn.qkv.weight.mul_(-1.5)  # training moves the weights on
         got = cache(model, ["layer0.pattern"])["layer0.pattern"]
@@ -345,7 +345,7 @@ def test_reference_and_patch_forwards_run_once_per_main_forward(model: Transform
         {"site": "layer1.resid_post", "op": {"kind": "patch", "transform": "resample_batch"}, "positions": [1]},
     ]
     counts = {"ref": 0, "main": 0}
-    with model.intervene(specs) as engine:
+    with intervene(model, specs) as engine:
         engine.references["init"].register_forward_pre_hook(lambda *a: counts.__setitem__("ref", counts["ref"] + 1))
         h = model.register_forward_pre_hook(lambda *a: counts.__setitem__("main", counts["main"] + 1))
         for _ in range(3):
@@ -357,7 +357,7 @@ def test_reference_and_patch_forwards_run_once_per_main_forward(model: Transform
 
 def test_patch_shuffle_positions_equals_model_on_shuffled_input(model: Transformer) -> None:
     clean = cache(model, ["layer0.z"])["layer0.z"]
-    with model.intervene([{"site": "layer0.head3.z", "op": {"kind": "patch", "transform": "shuffle_positions"}}]) as engine:
+    with intervene(model, [{"site": "layer0.head3.z", "op": {"kind": "patch", "transform": "shuffle_positions"}}]) as engine:
         g = torch.Generator()
         g.set_state(engine.generator.get_state())  # an identically seeded generator
         perm = torch.randperm(T, generator=g)
@@ -374,12 +374,12 @@ def test_patch_shuffle_positions_equals_model_on_shuffled_input(model: Transform
 
 def test_patch_resample_batch_and_random_tokens(model: Transformer) -> None:
     clean = cache(model, ["layer0.resid_post"])["layer0.resid_post"]
-    with model.intervene([{"site": "layer0.resid_post", "op": {"kind": "patch", "transform": "resample_batch"}}]):
+    with intervene(model, [{"site": "layer0.resid_post", "op": {"kind": "patch", "transform": "resample_batch"}}]):
         got = cache(model, ["layer0.resid_post"])["layer0.resid_post"]
     shifts = [s for s in range(B) if torch.allclose(got, clean[(torch.arange(B) + s) % B], atol=ATOL)]
     assert len(shifts) == 1 and shifts[0] != 0
 
-    with model.intervene([{"site": "layer0.resid_post", "op": {"kind": "patch", "transform": "random_tokens"}}]) as engine:
+    with intervene(model, [{"site": "layer0.resid_post", "op": {"kind": "patch", "transform": "random_tokens"}}]) as engine:
         g = torch.Generator()
         g.set_state(engine.generator.get_state())
         rand = torch.randint(0, int(TOK.max()) + 1, (B, T), generator=g)
@@ -392,21 +392,21 @@ def test_patch_resample_batch_and_random_tokens(model: Transformer) -> None:
 
 def test_freeze_whole_site_forward_identical_upstream_grads_zero_or_scaled(model: Transformer) -> None:
     out0, g0 = grads_of(model)
-    with model.intervene([{"site": "layer0.z", "op": {"kind": "freeze"}}]):
+    with intervene(model, [{"site": "layer0.z", "op": {"kind": "freeze"}}]):
         out1, g1 = grads_of(model)
     assert torch.allclose(out1, out0, atol=ATOL)
     assert torch.all(g1["blocks.0.attn.qkv.weight"] == 0) and torch.all(g1["blocks.0.attn.qkv.bias"] == 0)
     assert g0["blocks.0.attn.qkv.weight"].abs().sum() > 0
     for n in ("blocks.0.attn.out.weight", "blocks.1.attn.qkv.weight", "unembed.weight"):  # downstream: unchanged
         assert torch.allclose(g1[n], g0[n], atol=ATOL), n
-    with model.intervene([{"site": "layer0.z", "op": {"kind": "freeze"}, "schedule": {"strength": 0.25}}]):
+    with intervene(model, [{"site": "layer0.z", "op": {"kind": "freeze"}, "schedule": {"strength": 0.25}}]):
         _, g2 = grads_of(model)
     assert torch.allclose(g2["blocks.0.attn.qkv.weight"], 0.75 * g0["blocks.0.attn.qkv.weight"], atol=ATOL)
 
 
 def test_freeze_one_head(model: Transformer) -> None:
     _, g0 = grads_of(model)
-    with model.intervene([{"site": "layer0.head1.z", "op": {"kind": "freeze"}}]):
+    with intervene(model, [{"site": "layer0.head1.z", "op": {"kind": "freeze"}}]):
         _, g1 = grads_of(model)
     w0, w1 = g0["blocks.0.attn.qkv.weight"], g1["blocks.0.attn.qkv.weight"]
     assert torch.all(w1[qkv_rows(1)] == 0)
@@ -423,7 +423,7 @@ def test_grad_only_one_head(model: Transformer) -> None:
 
     remove = model.site("layer0.z").add_hook(capture)
     try:
-        with model.intervene([{"site": "layer0.head2.z", "op": {"kind": "grad_only"}}]):
+        with intervene(model, [{"site": "layer0.head2.z", "op": {"kind": "grad_only"}}]):
             out1, g1 = grads_of(model)
     finally:
         remove()
@@ -434,7 +434,7 @@ def test_grad_only_one_head(model: Transformer) -> None:
     others = [r for h in (0, 1, 3) for r in qkv_rows(h)]
     assert torch.all(w1[others] == 0)
     assert torch.allclose(w1[qkv_rows(2)], w0[qkv_rows(2)], atol=ATOL)
-    with model.intervene([{"site": "layer0.head2.z", "op": {"kind": "grad_only"}, "schedule": {"strength": 0.5}}]):
+    with intervene(model, [{"site": "layer0.head2.z", "op": {"kind": "grad_only"}, "schedule": {"strength": 0.5}}]):
         _, g2 = grads_of(model)
     assert torch.allclose(g2["blocks.0.attn.qkv.weight"][others], 0.5 * w0[others], atol=ATOL)
     assert torch.allclose(g2["blocks.0.attn.qkv.weight"][qkv_rows(2)], w0[qkv_rows(2)], atol=ATOL)
@@ -442,11 +442,11 @@ def test_grad_only_one_head(model: Transformer) -> None:
 
 def test_grad_only_on_every_head_keeps_every_gradient(model: Transformer) -> None:
     _, g0 = grads_of(model)
-    with model.intervene([{"site": "layer0.head*.z", "op": {"kind": "grad_only"}}]):
+    with intervene(model, [{"site": "layer0.head*.z", "op": {"kind": "grad_only"}}]):
         _, g1 = grads_of(model)
     for n in g0:
         assert torch.allclose(g1[n], g0[n], atol=ATOL), n
-    with model.intervene([{"site": "layer0.head*.z", "op": {"kind": "grad_only"}, "positions": [0]}]):
+    with intervene(model, [{"site": "layer0.head*.z", "op": {"kind": "grad_only"}, "positions": [0]}]):
         _, g2 = grads_of(model)
     assert g2["blocks.0.attn.qkv.weight"].abs().sum() > 0  # position 0 of every head still learns
 
@@ -455,7 +455,7 @@ def test_grad_only_on_every_head_keeps_every_gradient(model: Transformer) -> Non
 def test_ops_on_attention_scores_keep_the_causal_mask(model: Transformer, kind: str) -> None:
     op = {"kind": kind, **({"k": 0.0} if kind == "scale" else {})}
     clean = cache(model, ["layer0.pattern"])["layer0.pattern"]
-    with model.intervene([{"site": "layer0.head1.attn_scores", "op": op}]):
+    with intervene(model, [{"site": "layer0.head1.attn_scores", "op": op}]):
         out, g = grads_of(model)
         pat = cache(model, ["layer0.pattern"])["layer0.pattern"]
     assert torch.isfinite(out).all() and all(torch.isfinite(v).all() for v in g.values())
@@ -474,11 +474,11 @@ def test_composition_applies_in_list_order(model: Transformer) -> None:
     x = cache(model, ["layer0.resid_mid"])["layer0.resid_mid"]
     noise = {"site": "layer0.resid_mid", "op": {"kind": "noise", "std": 0.3}}
     scale = {"site": "layer0.resid_mid", "op": {"kind": "scale", "k": 2.0}}
-    with model.intervene([noise]):
+    with intervene(model, [noise]):
         n = cache(model, ["layer0.resid_mid"])["layer0.resid_mid"] - x
-    with model.intervene([scale, noise]):
+    with intervene(model, [scale, noise]):
         scale_then_noise = cache(model, ["layer0.resid_mid"])["layer0.resid_mid"]
-    with model.intervene([noise, scale]):
+    with intervene(model, [noise, scale]):
         noise_then_scale = cache(model, ["layer0.resid_mid"])["layer0.resid_mid"]
     assert torch.allclose(scale_then_noise, 2 * x + n, atol=ATOL)
     assert torch.allclose(noise_then_scale, 2 * (x + n), atol=ATOL)
@@ -489,11 +489,11 @@ def test_composition_constant_and_scale_on_heads(model: Transformer) -> None:
     const = {"site": "layer0.head1.z", "op": {"kind": "constant", "value": 1.0}}
     scale1 = {"site": "layer0.head1.z", "op": {"kind": "scale", "k": 3.0}}
     scale2 = {"site": "layer0.head2.z", "op": {"kind": "scale", "k": 3.0}}
-    with model.intervene([const, scale1]):
+    with intervene(model, [const, scale1]):
         a = cache(model, ["layer0.z"])["layer0.z"]
-    with model.intervene([scale1, const]):
+    with intervene(model, [scale1, const]):
         b = cache(model, ["layer0.z"])["layer0.z"]
-    with model.intervene([scale2, const]):
+    with intervene(model, [scale2, const]):
         c = cache(model, ["layer0.z"])["layer0.z"]
     assert torch.allclose(a[:, 1], torch.full_like(z[:, 1], 3.0))
     assert torch.allclose(b[:, 1], torch.ones_like(z[:, 1]))
@@ -528,19 +528,19 @@ def test_unknown_op_kind_and_param(model: Transformer) -> None:
 
 
 def test_constant_shape_mismatch_names_site_and_shapes(model: Transformer) -> None:
-    with model.intervene([{"site": "layer0.resid_mid", "op": {"kind": "constant", "value": [1.0] * 7}}]):
+    with intervene(model, [{"site": "layer0.resid_mid", "op": {"kind": "constant", "value": [1.0] * 7}}]):
         with pytest.raises(ValueError) as e:
             model(TOK)
     msg = str(e.value)
     assert "layer0.resid_mid" in msg and "[8, 32]" in msg and "[7]" in msg
-    with model.intervene([{"site": "layer0.head1.pattern", "op": {"kind": "constant", "value": torch.zeros(H, T, T).tolist()}}]):
+    with intervene(model, [{"site": "layer0.head1.pattern", "op": {"kind": "constant", "value": torch.zeros(H, T, T).tolist()}}]):
         with pytest.raises(ValueError) as e:
             model(TOK)
     msg = str(e.value)
     assert "layer0.pattern" in msg and "head 1" in msg and "[8, 8]" in msg and "[4, 8, 8]" in msg
     # a value that only broadcasts *jointly* with the site (it would change the activation's shape) is refused
     short = TOK[:, :1]
-    with model.intervene([{"site": "layer0.resid_mid", "op": {"kind": "constant", "value": torch.zeros(T, D).tolist()}}]):
+    with intervene(model, [{"site": "layer0.resid_mid", "op": {"kind": "constant", "value": torch.zeros(T, D).tolist()}}]):
         with pytest.raises(ValueError, match=r"\[1, 32\]"):
             model(short)
 
@@ -553,7 +553,7 @@ def test_reference_from_a_different_architecture_names_the_parameter(model: Tran
     other = make_model(1, **overrides)
     ckpt = _save_ckpt(other, tmp_path / "other.ckpt", "lightning")
     with pytest.raises(ValueError) as e:
-        with model.intervene([{"site": "layer0.z", "op": {"kind": "clamp_to_reference", "reference": ckpt}}]):
+        with intervene(model, [{"site": "layer0.z", "op": {"kind": "clamp_to_reference", "reference": ckpt}}]):
             pass
     assert param in str(e.value) and "ref" in str(e.value)
     assert no_site_active(model)
@@ -660,11 +660,11 @@ def test_intervene_context_manager_removes_hooks(model: Transformer) -> None:
     with torch.no_grad():
         plain = model(TOK)
     specs = [{"site": "layer0.head1.z", "op": {"kind": "zero"}}, {"site": "layer1.resid_pre", "op": {"kind": "patch"}}]
-    with model.intervene(specs):
+    with intervene(model, specs):
         assert model.site("layer0.z").active and model.site("layer1.resid_pre").active
     assert no_site_active(model) and not model._forward_pre_hooks
     with pytest.raises(RuntimeError, match="boom"):
-        with model.intervene(specs):
+        with intervene(model, specs):
             raise RuntimeError("boom")
     assert no_site_active(model) and not model._forward_pre_hooks
     with torch.no_grad():
@@ -704,10 +704,10 @@ def test_all_heads_selector_is_one_pass_and_equals_whole_site(monkeypatch: pytes
         return original(self, x, mask, ctx)
 
     monkeypatch.setattr(ops.Scale, "apply", counting)
-    with m.intervene([{"site": "layer0.head*.z", "op": {"kind": "scale", "k": 0.5}}]):
+    with intervene(m, [{"site": "layer0.head*.z", "op": {"kind": "scale", "k": 0.5}}]):
         per_head = m(tokens)
     assert calls == [(0, 1, 2, 3)]
-    with m.intervene([{"site": "layer0.z", "op": {"kind": "scale", "k": 0.5}}]):
+    with intervene(m, [{"site": "layer0.z", "op": {"kind": "scale", "k": 0.5}}]):
         whole = m(tokens)
     torch.testing.assert_close(per_head, whole)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import Any
 
@@ -91,7 +91,13 @@ class ClampCallback(Callback):
         self.engine.observe(trainer.global_step, self._last_metrics)
         self.engine.set_mode("train")
 
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.engine is not None:
+            self.engine.set_batch(batch)  # batch-aware values (ctx.field) read this batch
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.engine is not None:
+            self.engine.set_batch(batch)
         alphas = self._set(trainer, "train")
         if self.log_alpha and alphas:
             self._log_alphas(trainer, alphas)
@@ -129,6 +135,14 @@ class ClampCallback(Callback):
             yield
         finally:
             self._set(trainer, previous)
+
+    def using_batch(self, batch: Mapping[str, Any]) -> Any:
+        """A block whose forwards run ``batch`` (for batch-aware values), e.g. one probe set."""
+        return self.engine.using_batch(batch) if self.engine is not None else nullcontext()
+
+    def missing_fields(self, batch: Mapping[str, Any]) -> list[str]:
+        """Batch fields the interventions need that ``batch`` lacks (a probe without them cannot run clamped)."""
+        return [] if self.engine is None else [f for f in self.engine.needed_fields(live=True) if f not in batch]
 
     def _set(self, trainer: L.Trainer, mode: str) -> dict[str, float]:
         if self.engine is None:

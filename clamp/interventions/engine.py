@@ -3,10 +3,18 @@
 Order of application (documented, deterministic): on each site, interventions run in the order
 they were listed; each sees the output of the previous one. Sites run in forward order.
 
+Where a replacement value comes from is the op's business, through one context (``OpContext``):
+the activation itself, the current batch (``ctx.field``), other sites of the same forward that come
+earlier (``ctx.read``), or a second forward — a frozen reference model, or the *current* model on the
+same or a transformed input under its own nested interventions (``patch``, ``construct.read_from``).
+``grad`` decides whether the value keeps its graph (clamps built from the model's own activations
+can stay differentiable) or is a constant for the optimizer.
+
 Cost model: hooks are attached only while at least one intervention on that site has a
 non-zero alpha in the current mode, so an idle engine leaves the model exactly as it is (fused
-attention kernel included). Reference models and patched runs are computed once per forward of
-the main model, in a forward pre-hook, for all the sites that read them.
+attention kernel included); sites are recorded for ``ctx.read`` only when a live op declared them.
+Reference models and second passes are computed once per forward of the main model, in a forward
+pre-hook, for all the sites that read them.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +31,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from clamp.interventions.ops import Op, OpContext, make_op
+from clamp.interventions.ops import Op, OpContext, PassSpec, make_op
 from clamp.interventions.schedules import MetricCondition, Schedule, Window
 from clamp.interventions.transforms import get_transform
 from models.sites import Site
@@ -44,6 +53,9 @@ class Intervention:
         features: indices on the last axis (neurons, residual dims, or key positions for patterns).
         during: which forwards it applies to: 'train', 'val' (validation and probes), 'analysis'.
         name: label in logs and errors (default: derived from site and op).
+        grad: whether the replacement value carries gradient into the parameters that produced it
+            (values built from the model's own activations: mean, resample, construct, patch). Default
+            (null) as before: values are constants for the optimizer.
     """
 
     site: str
@@ -53,6 +65,7 @@ class Intervention:
     features: list[int] | None = None
     during: list[str] = field(default_factory=lambda: ["train", "val", "analysis"])
     name: str | None = None
+    grad: bool | None = None
 
     @property
     def label(self) -> str:
@@ -89,6 +102,12 @@ class Bound:
     spec: Intervention
     op: Op
     targets: list[tuple[Site, int | None]]
+    grad: bool = False
+    reads: list[str] = field(default_factory=list)  # sites read through ctx.read
+    fields: list[str] = field(default_factory=list)  # batch fields the value needs
+    pass_spec: PassSpec | None = None  # the second pass of the current model the value reads
+    pass_key: str | None = None
+    nested: InterventionEngine | None = None  # applies the pass's own interventions
 
 
 def _selection_overlaps(a: Bound, b: Bound) -> bool:
@@ -167,46 +186,110 @@ class InterventionEngine:
     ``engine.detach()`` at the end. ``update(None)`` turns every intervention fully on (analysis).
     """
 
-    def __init__(self, model: nn.Module, interventions: Sequence[Intervention | Mapping[str, Any]], seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        interventions: Sequence[Intervention | Mapping[str, Any]],
+        seed: int = 0,
+        *,
+        _nested_in: str | None = None,
+    ) -> None:
         if not hasattr(model, "resolve_sites"):
             raise TypeError(f"{type(model).__name__} exposes no named sites (expected a models.SiteModelMixin)")
         self.model = model
         self.seed = seed
         self.bound: list[Bound] = []
+        self.references: dict[str, nn.Module] = {}
+        order = {name: i for i, name in enumerate(model.site_map())}
         for i, item in enumerate(interventions):
-            spec = as_intervention(item)
-            where = f"intervention {i} ({spec.label})"
+            prefix = f"{_nested_in}[{i}]" if _nested_in else f"intervention {i}"
+            try:
+                spec = as_intervention(item)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"{prefix}: {e.args[0] if e.args else e}") from None
+            where = f"{prefix} ({spec.label})"
             try:
                 targets = model.resolve_sites(spec.site)
                 op = make_op(spec.op)
                 spec.schedule.validate(f"{where}.schedule")
+                grad = self._check_grad(spec, op)
+                reads, fields, pass_spec = op.read_sites(), op.needed_fields(), op.second_pass()
             except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
                 msg = e.args[0] if e.args else str(e)
-                raise type(e)(f"{where}: {msg}") from None
+                raise type(e)(msg if msg.startswith(where) else f"{where}: {msg}") from None
             bad_modes = sorted(set(spec.during) - set(MODES))
             if bad_modes:
                 raise ValueError(f"{where}: unknown `during` value(s) {bad_modes}; valid: {list(MODES)}")
+            if _nested_in and (spec.schedule != Schedule() or sorted(spec.during) != sorted(MODES)):
+                raise ValueError(f"{where}: an intervention of a second pass applies whenever the pass runs; give `schedule` and `during` to the outer intervention")
             self._check_indices(spec, targets, where, getattr(getattr(model, "cfg", None), "n_ctx", 0))
-            self.bound.append(Bound(i, spec, op, targets))
+            self._check_reads(reads, targets, pass_spec, order, where)
+            b = Bound(i, spec, op, targets, grad, reads, fields, pass_spec)
+            if pass_spec is not None:
+                field_name = "interventions" if op.kind == "patch" else "read_from.interventions"
+                b.nested = InterventionEngine(model, pass_spec.interventions, seed, _nested_in=f"{where}.op.{field_name}")
+                b.nested.references = self.references  # one copy of each reference model, however deep
+                b.pass_key = pass_spec.key(grad)
+                if pass_spec.transform != "identity" and b.nested.needed_fields():
+                    raise ValueError(
+                        f"{where}: its second pass transforms the input ({pass_spec.transform!r}), so batch fields "
+                        f"{b.nested.needed_fields()} needed by its nested interventions would not describe it; use transform: identity"
+                    )
+            self.bound.append(b)
         self._check_conflicts()
         labels = [b.spec.label for b in self.bound]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"intervention names must be unique; duplicated: {dup} (set `name:` to tell them apart)")
-        self.references: dict[str, nn.Module] = {}
         self.state: dict[str, dict[str, Any]] = {b.spec.label: {} for b in self.bound}
         self.released: dict[str, int] = {}
         self.alphas: dict[str, float] = {b.spec.label: 0.0 for b in self.bound}
         self.mode = "train"
         self.step: int | None = 0
         self.generator = torch.Generator()
+        self.batch: Mapping[str, Any] | None = None
         self._removers: list[Any] = []
         self._attached_key: tuple | None = None
         self._sources: dict[str, dict[str, torch.Tensor]] = {}
+        self._record: dict[str, torch.Tensor] = {}
         self._busy = False
         self._mask_cache: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _check_grad(spec: Intervention, op: Op) -> bool:
+        if spec.grad is None:
+            return False
+        if not isinstance(spec.grad, bool):
+            raise ValueError(f"grad must be true or false, got {spec.grad!r}")
+        if op.grad_kind == "x":
+            raise ValueError(f"grad applies to replacement values; `{op.kind}` keeps the activation's own gradient (stop it with a `freeze` intervention); drop `grad`")
+        if op.grad_kind == "constant" and spec.grad:
+            raise ValueError(f"grad: true has no effect on a `{op.kind}` value (it does not depend on this model's parameters); drop `grad`")
+        return spec.grad
+
+    def _check_reads(self, reads: list[str], targets: list[tuple[Site, int | None]], pass_spec: PassSpec | None, order: dict[str, int], where: str) -> None:
+        for name in reads:
+            if name not in order:
+                raise ValueError(f"{where}: reads unknown site {name!r}; this model's sites are:\n{self.model.describe_sites()}")
+            if pass_spec is not None:
+                continue  # a second pass has run completely before this forward: any site can be read
+            for site, _ in targets:
+                if order[name] >= order[site.name]:
+                    earlier = [n for n, i in order.items() if i < order[site.name]]
+                    raise ValueError(
+                        f"{where}: reads site {name!r}, which {'is its own target' if name == site.name else 'comes after its target ' + repr(site.name)} "
+                        f"in the forward; it can read only earlier sites ({', '.join(earlier) or 'none'}), or read any site "
+                        "from a second pass with `read_from: {transform: identity}`"
+                    )
+
+    def needed_fields(self, live: bool = False) -> list[str]:
+        """Batch fields the interventions (or their nested ones) need; ``live``: only those active now."""
+        bound = self._live() if live else self.bound
+        out = [f for b in bound for f in b.fields]
+        out += [f for b in bound if b.nested is not None and b.pass_spec is not None and b.pass_spec.transform == "identity" for f in b.nested.needed_fields()]
+        return sorted(set(out))
+
     @staticmethod
     def _check_indices(spec: Intervention, targets: list[tuple[Site, int | None]], where: str, n_ctx: int = 0) -> None:
         for site, _ in targets:
@@ -240,7 +323,9 @@ class InterventionEngine:
 
     # ------------------------------------------------------------------ references
     def reference_keys(self) -> list[str]:
-        return sorted({b.op.reference for b in self.bound if b.op.source == "reference"})  # type: ignore[attr-defined]
+        keys = {b.op.reference for b in self.bound if b.op.source == "reference"}  # type: ignore[attr-defined]
+        keys |= {k for b in self.bound if b.nested is not None for k in b.nested.reference_keys()}
+        return sorted(keys)
 
     def load_references(self, init_state: Mapping[str, torch.Tensor] | None = None, device: torch.device | str | None = None) -> None:
         """Build every reference model once (shared by all the sites that read it)."""
@@ -292,6 +377,41 @@ class InterventionEngine:
     def _live(self) -> list[Bound]:
         return [b for b in self.bound if self.alphas[b.spec.label] > 0 and self.mode in b.spec.during]
 
+    # ------------------------------------------------------------------ batch
+    def set_batch(self, batch: Mapping[str, Any] | None) -> None:
+        """The batch the next forwards run on (``ctx.batch`` of batch-aware ops)."""
+        self.batch = batch
+
+    @contextmanager
+    def using_batch(self, batch: Mapping[str, Any] | None) -> Iterator[None]:
+        previous, self.batch = self.batch, batch
+        try:
+            yield
+        finally:
+            self.batch = previous
+
+    def _check_batch(self, live: list[Bound], args: tuple) -> None:
+        need = {f: b.spec.label for b in live for f in b.fields}
+        for b in live:
+            if b.nested is not None and b.pass_spec is not None and b.pass_spec.transform == "identity":
+                need.update({f: b.spec.label for f in b.nested.needed_fields() if f not in need})
+        if not need:
+            return
+        if self.batch is None:
+            raise ValueError(
+                f"interventions {sorted(set(need.values()))} need the batch (fields {sorted(need)}) but none was given; "
+                "ClampCallback gives it in training and validation; in Python use clamp.intervene(model, [...], batch=batch)"
+            )
+        missing = sorted(f for f in need if f not in self.batch)
+        if missing:
+            raise ValueError(f"interventions {sorted({need[f] for f in missing})} need batch field(s) {missing}; this batch has {sorted(self.batch)}")
+        tokens, given = (args[0] if args else None), self.batch.get("tokens")
+        if isinstance(tokens, torch.Tensor) and isinstance(given, torch.Tensor) and given is not tokens and given.shape != tokens.shape:
+            raise ValueError(
+                f"the engine's batch has tokens of shape {list(given.shape)} but this forward's input is {list(tokens.shape)}: "
+                "set the batch that is being run (engine.set_batch / clamp.intervene(..., batch=...))"
+            )
+
     # ------------------------------------------------------------------ hooks
     def _refresh(self) -> None:
         live = self._live()
@@ -311,9 +431,12 @@ class InterventionEngine:
                     entries[-1] = (b, (*(prev if isinstance(prev, tuple) else (prev,)), head))
                     continue
                 entries.append((b, head))
-        for site, entries in by_site.values():
-            self._removers.append(site.add_hook(self._make_hook(entries)))
-        if any(b.op.source for b in live):
+        recorded = {name for b in live if b.pass_spec is None for name in b.reads}
+        for name in sorted(recorded - set(by_site)):  # sites only read, never changed
+            by_site[name] = (self.model.site(name), [])
+        for name, (site, entries) in by_site.items():
+            self._removers.append(site.add_hook(self._make_hook(entries, record=name in recorded)))
+        if any(b.op.source == "reference" or b.pass_spec is not None or b.reads or b.fields for b in live):
             self._removers.append(self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True).remove)
         self._attached_key = key
 
@@ -327,6 +450,10 @@ class InterventionEngine:
         """Remove every hook (the model is left exactly as it was)."""
         self._remove_hooks()
         self._sources = {}
+        self._record = {}
+        for b in self.bound:
+            if b.nested is not None:
+                b.nested.detach()
 
     def _mask(self, site: Site, head: int | tuple[int, ...] | None, spec: Intervention, x: torch.Tensor) -> torch.Tensor:
         key = (site.name, head, spec.label, tuple(x.shape[1:]), x.device, x.dtype)
@@ -355,7 +482,7 @@ class InterventionEngine:
         shape[dim] = size
         return v.view(shape)
 
-    def _make_hook(self, entries: list[tuple[Bound, int | None]]):
+    def _make_hook(self, entries: list[tuple[Bound, int | None]], record: bool = False):
         def hook(x: torch.Tensor, site: Site) -> torch.Tensor | None:
             if self._busy:
                 return None
@@ -364,47 +491,96 @@ class InterventionEngine:
                 src = None
                 if b.op.source == "reference":
                     src = self._sources.get(b.op.reference, {}).get(site.name)  # type: ignore[attr-defined]
-                elif b.op.source == "patch":
-                    src = self._sources.get("patch:" + b.op.transform, {}).get(site.name)  # type: ignore[attr-defined]
-                ctx = OpContext(site, head, self.mode, self.generator, self.state[b.spec.label], src)
+                elif b.op.source == "pass":
+                    src = self._sources.get(b.pass_key, {}).get(site.name)  # type: ignore[arg-type]
+                reader = None
+                if b.reads:
+                    reader = partial(self._read, b, self._sources.get(b.pass_key, {}) if b.pass_key else self._record)
+                ctx = OpContext(site, head, self.mode, self.generator, self.state[b.spec.label], src, self.batch, b.grad, reader)
                 m = self._mask(site, head, b.spec, x) * alpha
                 x = b.op.apply(x, m, ctx)
+            if record:
+                self._record[site.name] = x
             return x
 
         return hook
 
+    @staticmethod
+    def _read(b: Bound, cache: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+        if name not in cache:
+            raise ValueError(
+                f"intervention {b.spec.label!r} reads site {name!r}, which it did not declare "
+                f"(declared: {b.reads}); list it in the op's `reads` or in the function's @declares(reads=...)"
+            )
+        return cache[name]
+
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Run the reference models and patched inputs once, caching only the sites that read them."""
+        """Check the batch and run the reference models and second passes once, caching only the sites read."""
         if self._busy:
             return None
-        needs: dict[str, set[str]] = {}
-        for b in self._live():
+        live = self._live()
+        self._record = {}
+        self._check_batch(live, args)
+        needs: dict[str, tuple[Bound, set[str]]] = {}
+        for b in live:
             if b.op.source == "reference":
                 key = b.op.reference  # type: ignore[attr-defined]
-            elif b.op.source == "patch":
-                key = "patch:" + b.op.transform  # type: ignore[attr-defined]
+            elif b.pass_key is not None:
+                key = b.pass_key
             else:
                 continue
-            needs.setdefault(key, set()).update(s.name for s, _ in b.targets)
+            names = needs.setdefault(key, (b, set()))[1]
+            names.update(b.reads)
+            if b.op.source is not None:
+                names.update(s.name for s, _ in b.targets)
         self._sources = {}
         self._busy = True
         try:
-            for key, names in needs.items():
-                if key.startswith("patch:"):
-                    p_args, p_kwargs = get_transform(key[len("patch:") :])(args, kwargs, self.generator)
-                    with torch.no_grad():
-                        _, cache = module.run_with_cache(*p_args, names=sorted(names), **p_kwargs)
-                else:
-                    if key not in self.references:
-                        raise RuntimeError(f"reference {key!r} is not loaded; call engine.load_references() first")
-                    ref = self.references[key]
-                    with torch.inference_mode():
-                        _, cache = ref.run_with_cache(*args, names=sorted(names), **kwargs)
-                    cache = {k: v.clone() for k, v in cache.items()}  # leave inference mode: usable in autograd
-                self._sources[key] = cache
+            for key, (b, names) in needs.items():
+                if b.pass_spec is not None:
+                    p_args, p_kwargs = get_transform(b.pass_spec.transform)(args, kwargs, self.generator)
+                    self._sources[key] = self._second_pass(module, b, p_args, p_kwargs, sorted(names))
+                    continue
+                if key not in self.references:
+                    raise RuntimeError(f"reference {key!r} is not loaded; call engine.load_references() first")
+                ref = self.references[key]
+                with torch.inference_mode():
+                    _, cache = ref.run_with_cache(*args, names=sorted(names), **kwargs)
+                self._sources[key] = {k: v.clone() for k, v in cache.items()}  # leave inference mode: usable in autograd
         finally:
             self._busy = False
         return None
+
+    def _second_pass(self, module: nn.Module, b: Bound, args: tuple, kwargs: dict, names: list[str]) -> dict[str, torch.Tensor]:
+        """Forward the current model once more under ``b``'s nested interventions, keeping ``names``.
+
+        With ``grad`` the activations keep their graph (the main loss then trains through this pass);
+        otherwise the pass runs without autograd.
+        """
+        nested = b.nested
+        assert nested is not None and b.pass_spec is not None
+        nested.mode, nested.step, nested.generator = self.mode, self.step, self.generator
+        nested.batch = self.batch if b.pass_spec.transform == "identity" else None
+        for nb in nested.bound:
+            nested.alphas[nb.spec.label] = nb.spec.schedule.strength
+        nested._refresh()
+        cache: dict[str, torch.Tensor] = {}
+
+        def keep(name: str):
+            def read(x: torch.Tensor, _site: Site) -> None:
+                cache[name] = x if b.grad else x.detach()
+
+            return read
+
+        removers = [module.site(n).add_hook(keep(n)) for n in names]  # type: ignore[operator]
+        try:
+            with nullcontext() if b.grad else torch.no_grad():
+                module(*args, **kwargs)
+        finally:
+            for r in removers:
+                r()
+            nested.detach()
+        return cache
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -426,9 +602,15 @@ def intervene(
     step: int | None = None,
     mode: str = "analysis",
     seed: int = 0,
+    batch: Mapping[str, Any] | None = None,
 ) -> Iterator[InterventionEngine]:
-    """``with intervene(model, [...]):`` apply interventions for the block (all fully on unless ``step``)."""
+    """``with intervene(model, [...]):`` apply interventions for the block (all fully on unless ``step``).
+
+    ``batch``: the batch the block's forwards run on, for batch-aware values (``ctx.field``); change it
+    with ``engine.set_batch`` when the block runs several batches.
+    """
     engine = InterventionEngine(model, list(interventions), seed=seed)
+    engine.batch = batch
     engine.load_references()
     engine.mode = mode
     engine.update(step)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,14 +35,42 @@ from models.sites import Site
 
 @dataclass
 class OpContext:
-    """What an op may read besides the activation itself."""
+    """What an op may read besides the activation itself.
+
+    Three ways for a value to depend on more than ``x``, all through this one context:
+    ``batch`` (the current batch's fields: ``query_pos``, ``match_pos``, ``copy_src``, ``tokens``, ...),
+    ``read(name)`` (another site's activation, from earlier in the same forward or from the op's
+    second pass) and ``source`` (this site's activation in a reference model or a second pass).
+    ``grad`` says whether the value may carry gradient into the parameters that produced it.
+    """
 
     site: Site
     head: int | tuple[int, ...] | None  # a tuple when one intervention covers several heads (``head*``)
     mode: str  # "train", "val" or "analysis"
     generator: torch.Generator
     state: dict[str, Any]  # per-intervention persistent state (checkpointed)
-    source: torch.Tensor | None = None  # full site tensor from the reference model or the patched run
+    source: torch.Tensor | None = None  # full site tensor from the reference model or the second pass
+    batch: Mapping[str, Any] | None = None
+    grad: bool = False
+    reader: Callable[[str], torch.Tensor] | None = field(default=None, repr=False)
+
+    def read(self, name: str) -> torch.Tensor:
+        """The activation of site ``name`` (as its own interventions left it); detached unless ``grad``."""
+        if self.reader is None:
+            raise ValueError(f"site {self.site.name}: this op reads no other site (declare it in the op's `reads`)")
+        v = self.reader(name)
+        return v if self.grad else v.detach()
+
+    def field(self, name: str) -> torch.Tensor:
+        """A field of the current batch, with an error naming what is missing."""
+        if self.batch is None:
+            raise ValueError(
+                f"site {self.site.name}: needs the batch field {name!r} but no batch was given "
+                "(ClampCallback gives it in training and validation; in Python use clamp.intervene(model, [...], batch=batch))"
+            )
+        if name not in self.batch:
+            raise ValueError(f"site {self.site.name}: the batch has no field {name!r}; it has {sorted(self.batch)}")
+        return self.batch[name]
 
 
 class Op:
@@ -49,17 +78,64 @@ class Op:
 
     kind: ClassVar[str]
     replaces: ClassVar[bool] = True  # replacing ops on overlapping selections conflict
-    source: ClassVar[str | None] = None  # "reference" or "patch" when the op reads another forward
+    source: ClassVar[str | None] = None  # "reference" or "pass" when the op reads another forward
+    # whether `grad: true` means something: "value" (the value can depend on parameters), "constant"
+    # (it cannot: zero, constant, a frozen reference) or "x" (the op keeps x's own gradient: scale, noise, ...)
+    grad_kind: ClassVar[str] = "value"
 
     def validate(self) -> None:
         """Check parameters before training starts."""
+
+    def read_sites(self) -> list[str]:
+        """Sites whose activations the value reads through ``ctx.read``."""
+        return []
+
+    def needed_fields(self) -> list[str]:
+        """Batch fields the value needs (checked before each forward)."""
+        return []
+
+    def second_pass(self) -> PassSpec | None:
+        """The second forward of the current model the value comes from, if any."""
+        return None
 
     def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         raise NotImplementedError
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
-        v = self.value(x, ctx)
+        v = self.value(x if ctx.grad else x.detach(), ctx)
+        if not ctx.grad:
+            v = v.detach()
         return x + m * (v.to(x.dtype) - x)
+
+
+@dataclass
+class PassSpec:
+    """A second forward of the *current* model: on the same input (``transform: identity``) or a
+    transformed one, under its own (nested) list of interventions. It runs once per main forward,
+    before it, shared by every op with the same pass; with ``grad`` its activations keep their graph."""
+
+    transform: str = "identity"
+    interventions: list[Any] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        from clamp.interventions.transforms import get_transform
+
+        try:
+            get_transform(self.transform)
+        except ValueError as e:
+            raise ValueError(f"{where}.transform: {e}") from None
+        if not isinstance(self.interventions, list):
+            raise ValueError(f"{where}.interventions must be a list of interventions, got {type(self.interventions).__name__}")
+
+    def key(self, grad: bool) -> str:
+        import json
+
+        nested = json.dumps([_plain(i) for i in self.interventions], sort_keys=True, default=str)
+        return f"pass:{self.transform}:{nested}:{'grad' if grad else 'nograd'}"
+
+
+def _plain(item: Any) -> Any:
+    return dataclasses.asdict(item) if dataclasses.is_dataclass(item) and not isinstance(item, type) else item
 
 
 @dataclass
@@ -67,6 +143,7 @@ class Zero(Op):
     """Zero-ablation."""
 
     kind: ClassVar[str] = "zero"
+    grad_kind: ClassVar[str] = "constant"
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         return x * (1 - m)
@@ -78,6 +155,7 @@ class Scale(Op):
 
     kind: ClassVar[str] = "scale"
     replaces: ClassVar[bool] = False
+    grad_kind: ClassVar[str] = "x"
     k: float = 1.0
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
@@ -90,6 +168,7 @@ class Noise(Op):
 
     kind: ClassVar[str] = "noise"
     replaces: ClassVar[bool] = False
+    grad_kind: ClassVar[str] = "x"
     std: float = 1.0
 
     def validate(self) -> None:
@@ -119,7 +198,7 @@ class Mean(Op):
             raise ValueError(f"mean momentum={self.momentum} must be in (0, 1]")
 
     def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
-        xd = x.detach().float()
+        xd = x.float()  # detached by ``apply`` unless the intervention keeps gradients
         if self.over == "batch":
             return xd.mean(0, keepdim=True)
         if self.over == "batch_pos":
@@ -132,10 +211,13 @@ class Mean(Op):
         if ctx.mode == "train":
             batch_mean = xd.mean(0)
             if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(batch_mean)
-                batch_mean /= dist.get_world_size()
+                reduced = batch_mean.detach().clone()
+                dist.all_reduce(reduced)
+                batch_mean = batch_mean + (reduced / dist.get_world_size() - batch_mean).detach()  # value: all ranks; gradient: this rank
             prev = run.get(key)
-            run[key] = batch_mean if prev is None else prev.to(batch_mean) + self.momentum * (batch_mean - prev.to(batch_mean))
+            new = batch_mean if prev is None else prev.to(batch_mean) + self.momentum * (batch_mean - prev.to(batch_mean))
+            run[key] = new.detach()
+            return new[None]  # with `grad: true` the current batch's share of the average keeps its gradient
         if key not in run:  # evaluated before any training forward: the batch is the best estimate
             return xd.mean(0, keepdim=True)
         return run[key].to(x.device)[None]
@@ -153,7 +235,7 @@ class Resample(Op):
             raise ValueError(f"resample on {ctx.site.name} needs a batch of at least 2 sequences, got {b}")
         shift = int(torch.randint(1, b, (1,), generator=ctx.generator))
         perm = (torch.arange(b) + shift) % b
-        return x.detach()[perm.to(x.device)]
+        return x[perm.to(x.device)]
 
 
 def _load_tensor(value: Any) -> torch.Tensor:
@@ -181,7 +263,10 @@ def _load_tensor(value: Any) -> torch.Tensor:
 
 
 def check_value_shape(v: torch.Tensor, x: torch.Tensor, ctx: OpContext, what: str) -> torch.Tensor:
-    """Raise a clear error unless ``v`` broadcasts to the selected slice of ``x``."""
+    """Raise a clear error unless ``v`` broadcasts to the selected slice of ``x`` or has ``x``'s full shape
+    (a per-sequence value, e.g. built from the batch)."""
+    if v.shape == x.shape:
+        return v
     info = ctx.site.info
     drop = {0} | ({info.head_dim} if ctx.head is not None and info.head_dim is not None else set())
     want = tuple(s for i, s in enumerate(x.shape) if i not in drop)
@@ -192,7 +277,7 @@ def check_value_shape(v: torch.Tensor, x: torch.Tensor, ctx: OpContext, what: st
     except RuntimeError:
         raise ValueError(
             f"{what} for site {ctx.site.name}{'' if ctx.head is None else f' head {ctx.head}'}: "
-            f"expected a shape broadcastable to {list(want)} {dims}, got {list(v.shape)}"
+            f"expected a shape broadcastable to {list(want)} {dims} or the site's full shape {list(x.shape)}, got {list(v.shape)}"
         ) from None
     return v  # right-aligned broadcasting places it: the dropped dims (batch, head) lead the shape
 
@@ -202,6 +287,7 @@ class Constant(Op):
     """Replace by a fixed tensor: a number, a nested list, or a .npy/.safetensors/.pt file path."""
 
     kind: ClassVar[str] = "constant"
+    grad_kind: ClassVar[str] = "constant"
     value: Any = 0.0
     _tensor: torch.Tensor | None = field(default=None, repr=False)
 
@@ -230,25 +316,89 @@ def import_callable(path: str) -> Callable[..., Any]:
     return fn
 
 
+def declares(*, reads: Any = (), batch: Any = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a ``construct`` function with the sites it reads (``ctx.read``) and the batch fields it needs.
+
+    Each is a list of names or a function of the constructor's keyword arguments (defaults filled in)
+    returning one, e.g. ``@declares(reads=lambda kw: [f"layer{kw['layer']}.attn_scores"], batch=["tokens"])``.
+    The engine records exactly these sites (so fused attention stays on elsewhere) and checks both
+    before training: a read of a site that comes later in the forward is an error naming it.
+    """
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__clamp_reads__ = reads  # type: ignore[attr-defined]
+        fn.__clamp_batch__ = batch  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _declared(fn: Callable[..., Any], attr: str, kwargs: dict[str, Any]) -> list[str]:
+    decl = getattr(fn, attr, ())
+    if callable(decl):
+        bound = inspect.signature(fn).bind_partial(**kwargs)
+        bound.apply_defaults()  # the function's own defaults: one source of truth
+        decl = decl(dict(bound.arguments))
+    return [str(d) for d in decl]
+
+
 @dataclass
 class Construct(Op):
     """Replace by what a user function builds: ``fn(x, ctx, **kwargs) -> value`` (import path in YAML).
 
-    See :mod:`clamp.interventions.constructors` for built-ins such as a perfect previous-token pattern.
+    The function may use the batch (``ctx.field('match_pos')``) and other sites (``ctx.read(name)``):
+    those of the same forward that come before this site, or — with ``read_from`` — any site of a
+    second pass of the current model (``{transform, interventions}``, see :class:`PassSpec`).
+    Sites and fields are declared with :func:`declares` on the function or listed in ``reads``.
+    The value is a tensor broadcastable to the selection (site shape without batch, and without head
+    when heads are selected) or the site's full shape. See :mod:`clamp.interventions.constructors`.
     """
 
     kind: ClassVar[str] = "construct"
     fn: Any = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    reads: list[str] = field(default_factory=list)
+    read_from: dict[str, Any] | None = None
 
     def validate(self) -> None:
         if self.fn is None:
             raise ValueError("construct needs `fn`: an import path like 'clamp.interventions.constructors.previous_token_pattern'")
         if isinstance(self.fn, str):
             self.fn = import_callable(self.fn)
+        if not isinstance(self.kwargs, dict):
+            raise ValueError(f"construct kwargs must be a mapping, got {self.kwargs!r}")
+        try:
+            inspect.signature(self.fn).bind(None, None, **self.kwargs)
+        except TypeError as e:
+            raise ValueError(f"construct fn {getattr(self.fn, '__name__', self.fn)}: kwargs {sorted(self.kwargs)} do not fit its signature: {e}") from None
+        except ValueError:  # builtins without a signature
+            pass
+        if not isinstance(self.reads, list) or not all(isinstance(r, str) for r in self.reads):
+            raise ValueError(f"construct reads must be a list of site names, got {self.reads!r}")
+        if self.read_from is not None:
+            self.second_pass()  # raises on bad keys
+
+    def read_sites(self) -> list[str]:
+        return list(dict.fromkeys([*_declared(self.fn, "__clamp_reads__", self.kwargs), *self.reads]))
+
+    def needed_fields(self) -> list[str]:
+        return _declared(self.fn, "__clamp_batch__", self.kwargs)
+
+    def second_pass(self) -> PassSpec | None:
+        if self.read_from is None:
+            return None
+        if not isinstance(self.read_from, Mapping):
+            raise ValueError(f"construct read_from must be a mapping {{transform, interventions}}, got {self.read_from!r}")
+        valid = [f.name for f in dataclasses.fields(PassSpec)]
+        unknown = sorted(set(self.read_from) - set(valid))
+        if unknown:
+            raise ValueError(f"construct read_from got unknown key(s) {unknown}; valid: {valid}")
+        spec = PassSpec(**self.read_from)
+        spec.validate("read_from")
+        return spec
 
     def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
-        v = torch.as_tensor(self.fn(x.detach(), ctx, **self.kwargs))
+        v = torch.as_tensor(self.fn(x, ctx, **self.kwargs))
         return check_value_shape(v, x, ctx, f"construct fn {getattr(self.fn, '__name__', self.fn)}").to(x.device)
 
 
@@ -262,6 +412,7 @@ class ClampToReference(Op):
 
     kind: ClassVar[str] = "clamp_to_reference"
     source: ClassVar[str | None] = "reference"
+    grad_kind: ClassVar[str] = "constant"
     reference: str = "init"
 
     def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
@@ -270,21 +421,27 @@ class ClampToReference(Op):
 
 @dataclass
 class Patch(Op):
-    """Replace by the same model's activation on a transformed input (activation patching).
+    """Replace by the same site's activation in a second pass of the current model: on a transformed
+    input (activation patching) and/or under its own nested ``interventions`` (e.g. the paper's
+    layer-1 clamp: layer-1 patterns from a pass where layer 0's output is the shifted embeddings;
+    "preserve patterns": ``transform: identity`` and no nested interventions gives the clean pass).
 
-    ``transform``: 'shuffle_positions' (permute each sequence's positions), 'resample_batch'
+    ``transform``: 'identity', 'shuffle_positions' (permute each sequence's positions), 'resample_batch'
     (another sequence of the batch), 'random_tokens' (uniform random token ids, features kept),
     or an import path to ``fn(args: tuple, kwargs: dict, generator) -> (args, kwargs)``.
     """
 
     kind: ClassVar[str] = "patch"
-    source: ClassVar[str | None] = "patch"
+    source: ClassVar[str | None] = "pass"
     transform: str = "resample_batch"
+    interventions: list[Any] = field(default_factory=list)
 
     def validate(self) -> None:
-        from clamp.interventions.transforms import get_transform
+        spec = self.second_pass()
+        spec.validate("patch")
 
-        get_transform(self.transform)
+    def second_pass(self) -> PassSpec:
+        return PassSpec(self.transform, self.interventions)
 
     def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         return _source_value(x, ctx)
@@ -304,6 +461,7 @@ class Freeze(Op):
 
     kind: ClassVar[str] = "freeze"
     replaces: ClassVar[bool] = False
+    grad_kind: ClassVar[str] = "x"
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         return x - m * (x - x.detach())
@@ -316,6 +474,7 @@ class GradOnly(Op):
 
     kind: ClassVar[str] = "grad_only"
     replaces: ClassVar[bool] = False
+    grad_kind: ClassVar[str] = "x"
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         alpha = float(m.max()) if m.numel() else 0.0

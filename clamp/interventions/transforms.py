@@ -20,6 +20,11 @@ def _per_sequence(args: tuple[Any, ...], index: Callable[[torch.Tensor], torch.T
     return tuple(a if not isinstance(a, torch.Tensor) else index(a) for a in args)
 
 
+def identity(args: tuple[Any, ...], kwargs: dict[str, Any], gen: torch.Generator) -> Inputs:
+    """The same input (a second pass that differs only by its own interventions)."""
+    return args, kwargs
+
+
 def shuffle_positions(args: tuple[Any, ...], kwargs: dict[str, Any], gen: torch.Generator) -> Inputs:
     """Permute the positions of every sequence (one permutation per batch), features moving with tokens."""
     t = args[0].shape[1]
@@ -45,7 +50,7 @@ def random_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], gen: torch.Gene
     return (rand, *args[1:]), kwargs
 
 
-BUILTIN: dict[str, Transform] = {f.__name__: f for f in (shuffle_positions, resample_batch, random_tokens)}
+BUILTIN: dict[str, Transform] = {f.__name__: f for f in (identity, shuffle_positions, resample_batch, random_tokens)}
 
 
 def get_transform(name: str) -> Transform:

@@ -32,7 +32,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
+from clamp.interventions.engine import intervene
 from clamp.metrics import curves, heads
 from clamp.metrics.phase import detect_phase_change
 from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
@@ -95,6 +97,7 @@ class EmergenceCallback(Callback):
         self._probes: dict[str, dict[str, torch.Tensor]] | None = None
         self._pending_loss: list[tuple[int, torch.Tensor]] = []  # kept on device: no sync per step
         self._layout_written = False
+        self._skipped: set[str] = set()
 
     # ------------------------------------------------------------------ probe sets
     def _build_probes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, torch.Tensor]]:
@@ -132,12 +135,28 @@ class EmergenceCallback(Callback):
         for layer in range(model.cfg.n_layers):
             for head in range(model.cfg.n_heads):
                 op = {"kind": "zero"} if kind == "zero" else {"kind": "mean", "over": "batch"}
-                with model.intervene([{"site": f"layer{layer}.head{head}.z", "op": op, "name": "probe"}]):
+                with intervene(model, [{"site": f"layer{layer}.head{head}.z", "op": op, "name": "probe"}]):
                     loss, _ = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
                 out[layer, head] = loss - base
         return out
 
-    def measure(self, pl_module: L.LightningModule) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def _clamps_on_batch(self, stack: ExitStack, trainer: L.Trainer | None, probe: str, batch: Mapping[str, torch.Tensor]) -> bool:
+        """Give the probe's batch to batch-aware clamps; False (probe skipped, said once) if it lacks their fields."""
+        stack.close()
+        for cb in trainer.callbacks if trainer is not None else []:
+            if not hasattr(cb, "using_batch"):
+                continue
+            missing = cb.missing_fields(batch)
+            if missing:
+                if probe not in self._skipped:
+                    self._skipped.add(probe)
+                    rank_zero_warn(f"EmergenceCallback: probe {probe!r} skipped while clamps needing batch fields {missing} are active (the probe has no such fields)")
+                stack.close()
+                return False
+            stack.enter_context(cb.using_batch(batch))
+        return True
+
+    def measure(self, pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """All per-head scores ``{probe/metric: [L, H]}`` and model-level scalars, from real activations."""
         model = pl_module.model
         assert self._probes is not None
@@ -145,9 +164,12 @@ class EmergenceCallback(Callback):
         scalars: dict[str, float] = {}
         was_training = model.training
         model.eval()
+        batch_for_clamps = ExitStack()
         try:
             with torch.no_grad():
                 for probe, batch in self._probes.items():
+                    if not self._clamps_on_batch(batch_for_clamps, trainer, probe, batch):
+                        continue
                     logits, cache = heads.forward_with_cache(model, batch)
                     for name, s in heads.all_head_scores(model, batch, run=(logits, cache)).items():
                         head_scores[f"{probe}/{name}"] = s.detach().float().cpu()
@@ -167,13 +189,14 @@ class EmergenceCallback(Callback):
                         head_scores["task/ablate_zero"] = self._ablation_importance(model, batch, "zero")
                         head_scores["task/ablate_mean"] = self._ablation_importance(model, batch, "mean")
         finally:
+            batch_for_clamps.close()
             model.train(was_training)
         return head_scores, scalars
 
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         with self._clamps_as_in_validation(trainer):
-            head_scores, scalars = self.measure(pl_module)
+            head_scores, scalars = self.measure(pl_module, trainer)
         metrics = dict(scalars)
         for name, s in head_scores.items():
             metrics.update(head_scalars(name, s))
