@@ -210,14 +210,16 @@ class Mean(Op):
         run = ctx.state.setdefault("running_mean", {})
         if ctx.mode == "train":
             batch_mean = xd.mean(0)
+            mean = batch_mean.detach()
             if dist.is_available() and dist.is_initialized():
-                reduced = batch_mean.detach().clone()
-                dist.all_reduce(reduced)
-                batch_mean = batch_mean + (reduced / dist.get_world_size() - batch_mean).detach()  # value: all ranks; gradient: this rank
+                mean = mean.clone()
+                dist.all_reduce(mean)
+                mean /= dist.get_world_size()
             prev = run.get(key)
-            new = batch_mean if prev is None else prev.to(batch_mean) + self.momentum * (batch_mean - prev.to(batch_mean))
-            run[key] = new.detach()
-            return new[None]  # with `grad: true` the current batch's share of the average keeps its gradient
+            share = 1.0 if prev is None else self.momentum
+            run[key] = mean if prev is None else prev.to(mean) + self.momentum * (mean - prev.to(mean))
+            # the value is the (rank-identical) average; with `grad: true` the current batch's share keeps its gradient
+            return (run[key] + share * (batch_mean - mean))[None] if batch_mean.requires_grad else run[key][None]
         if key not in run:  # evaluated before any training forward: the batch is the best estimate
             return xd.mean(0, keepdim=True)
         return run[key].to(x.device)[None]
