@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
 
         report_main(args[1:])
         return
+    if args and args[0] == "sweep":
+        from clamp.sweep import main as sweep_main
+
+        sweep_main(args[1:])
+        return
     cli_main(argv)  # None: LightningCLI reads sys.argv itself
 
 

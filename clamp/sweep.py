@@ -1,0 +1,380 @@
+"""``clamp sweep SWEEP.yaml``: a grid of config overrides x seeds, expanded into ordinary runs.
+
+A sweep file names a base config, overrides for every run, a grid of conditions and the seeds::
+
+    experiment: lr_study                 # runs land in <save_dir>/lr_study/<condition>/seed<k>/
+    base: ../induction_default.yaml      # relative to the sweep file
+    save_dir: runs                       # optional (default: runs, relative to the working dir)
+    seeds: 3                             # 0, 1, 2 (or a list: [0, 5, 7])
+    overrides: {trainer.max_steps: 2000} # every run
+    grid:                                # cartesian product of the axes
+      lr: {slow: {model.optimizer.lr: 0.0005}, fast: {model.optimizer.lr: 0.002}}
+      model.transformer.n_heads: [4, 8]  # shorthand: levels named n_heads=4, n_heads=8
+
+Override keys are dotted paths into the config; mappings merge, other values replace, and a key
+ending in ``+`` appends to a list (``trainer.callbacks+: [{class_path: clamp.ClampCallback, ...}]``).
+A condition's name joins its level names with ``_`` (``slow_n_heads=4``).
+
+Every run is an ordinary ``clamp fit --config <run>/run.yaml`` whose folder also holds
+``condition.json`` (experiment, condition, levels, seed, overrides), written by the run itself
+through :class:`ConditionRecord`, which marks it finished at the end of fit. So a sweep re-run
+after a crash skips finished runs and resumes the others from ``checkpoints/last.ckpt``, and
+runs launched by a cluster scheduler from ``--dry-run``'s commands are recorded the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+SWEEP_KEYS = ("experiment", "base", "save_dir", "seeds", "overrides", "grid")
+RECORD_CLASS = "clamp.sweep.ConditionRecord"
+
+
+class SweepError(ValueError):
+    """A malformed sweep file or an inconsistent run folder (the message names the field or folder)."""
+
+
+# ---------------------------------------------------------------------------------- overrides
+def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "overrides") -> dict[str, Any]:
+    """A copy of ``config`` with dotted-key ``overrides`` applied (mappings merge, ``key+`` appends)."""
+    out = copy.deepcopy(dict(config))
+    for key, value in overrides.items():
+        append = key.endswith("+")
+        parts = key.rstrip("+").split(".")
+        if not all(parts):
+            raise SweepError(f"{where}: bad key {key!r}; use dotted paths like 'model.optimizer.lr' or 'trainer.callbacks+'")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SweepError(f"{where}: {key!r} descends into {'.'.join(parts[: i + 1])!r}, which is {type(child).__name__}, not a mapping")
+            node = child
+        leaf = parts[-1]
+        if append:
+            current = node.get(leaf) or []
+            if not isinstance(current, list) or not isinstance(value, list):
+                raise SweepError(f"{where}: {key!r} appends a list to a list; got {type(value).__name__} onto {type(current).__name__}")
+            node[leaf] = current + copy.deepcopy(value)
+        elif isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf] = _merge(node[leaf], value)
+        else:
+            node[leaf] = copy.deepcopy(value)
+    return out
+
+
+def _merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+# ---------------------------------------------------------------------------------- the plan
+@dataclass
+class Run:
+    """One run of a sweep: where it goes, what it is, and its full config."""
+
+    experiment: str
+    condition: str
+    levels: dict[str, str]
+    seed: int
+    overrides: dict[str, Any]
+    config: dict[str, Any]
+    dir: Path
+    sweep_file: str = ""
+    config_digest: str = ""  # fingerprint of the config (without the record), to tell a finished run from a changed one
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "run.yaml"
+
+    @property
+    def record_path(self) -> Path:
+        return self.dir / "condition.json"
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.dir / "checkpoints" / "last.ckpt"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment, "condition": self.condition, "levels": self.levels, "seed": self.seed,
+            "overrides": self.overrides, "sweep": self.sweep_file, "config_digest": self.config_digest,
+        }
+
+    def status(self) -> str:
+        """'done', 'resume' (a checkpoint of an unfinished run exists) or 'new'."""
+        if self.record_path.exists():
+            rec = json.loads(self.record_path.read_text())
+            if rec.get("finished"):
+                if rec.get("config_digest") != self.config_digest:
+                    raise SweepError(
+                        f"run {str(self.dir)!r} finished with a different config than the sweep now asks for; "
+                        "delete that folder or change `experiment` to keep both"
+                    )
+                return "done"
+        return "resume" if self.last_ckpt.exists() else "new"
+
+    def fit_args(self) -> list[str]:
+        args = ["fit", "--config", str(self.config_path)]
+        if self.status() == "resume":
+            args += ["--ckpt_path", str(self.last_ckpt)]
+        return args
+
+    def command(self) -> str:
+        return " ".join(["clamp", *self.fit_args()])
+
+    def write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+
+def _levels(axis: str, spec: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(spec, Mapping):
+        if not spec:
+            raise SweepError(f"{where}: axis {axis!r} has no levels")
+        out = []
+        for name, ov in spec.items():
+            if ov is None:
+                ov = {}
+            if not isinstance(ov, Mapping):
+                raise SweepError(f"{where}: level {axis}.{name} must map dotted keys to values, got {type(ov).__name__}")
+            out.append((str(name), dict(ov)))
+        return out
+    if isinstance(spec, list) and spec:
+        leaf = axis.rstrip("+").rsplit(".", 1)[-1]
+        return [(f"{leaf}={v}", {axis: v}) for v in spec]
+    raise SweepError(f"{where}: axis {axis!r} must be a non-empty mapping of named levels or a list of values, got {spec!r}")
+
+
+def _seeds(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        if len(set(value)) != len(value):
+            raise SweepError(f"seeds {value} repeat a seed")
+        return list(value)
+    raise SweepError(f"seeds must be a positive count or a non-empty list of ints, got {value!r}")
+
+
+def load_sweep(path: str | Path, save_dir: str | None = None) -> list[Run]:
+    """Expand a sweep file into its runs (conditions in grid order, then seeds)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {str(path)!r} does not exist")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise SweepError(f"{path}: a sweep file is a mapping with keys {list(SWEEP_KEYS)}")
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {unknown}; valid keys: {list(SWEEP_KEYS)}")
+    for key in ("experiment", "base"):
+        if not spec.get(key):
+            raise SweepError(f"{path}: `{key}` is required")
+    experiment = str(spec["experiment"])
+    base_path = (path.parent / spec["base"]).resolve()
+    if not base_path.is_file():
+        raise SweepError(f"{path}: base config {str(base_path)!r} does not exist")
+    base = yaml.safe_load(base_path.read_text()) or {}
+    base = apply_overrides(base, spec.get("overrides") or {}, f"{path}: overrides")
+    root = Path(save_dir or spec.get("save_dir") or "runs")
+    seeds = _seeds(spec.get("seeds", 1))
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        raise SweepError(f"{path}: `grid` must map axis names to levels, got {type(grid).__name__}")
+    axes = [(axis, _levels(axis, levels, str(path))) for axis, levels in grid.items()]
+    combos = list(itertools.product(*(lv for _, lv in axes))) if axes else [()]
+    runs: list[Run] = []
+    seen: set[str] = set()
+    for combo in combos:
+        condition = "_".join(name for name, _ in combo) or "base"
+        if condition in seen:
+            raise SweepError(f"{path}: two grid cells are both named {condition!r}; rename a level")
+        seen.add(condition)
+        levels = {axis: name for (axis, _), (name, _) in zip(axes, combo)}
+        overrides: dict[str, Any] = {}
+        for _, ov in combo:
+            overrides.update(ov)
+        cond_cfg = apply_overrides(base, overrides, f"{path}: condition {condition!r}")
+        for seed in seeds:
+            run_dir = root / experiment / condition / f"seed{seed}"
+            run = Run(experiment, condition, levels, seed, overrides, {}, run_dir, str(path))
+            run.config = _run_config(cond_cfg, run, root)
+            runs.append(run)
+    return runs
+
+
+def _run_config(cfg: dict[str, Any], run: Run, root: Path) -> dict[str, Any]:
+    """The condition's config for one seed, logging into the run's folder and recording its condition."""
+    cfg = copy.deepcopy(cfg)
+    cfg["seed_everything"] = run.seed
+    cfg["experiment"] = f"{run.experiment}/{run.condition}"
+    trainer = cfg.setdefault("trainer", {})
+    logger = trainer.get("logger")
+    if logger not in (None, True) and not (isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("TensorBoardLogger")):
+        raise SweepError(f"run {run.condition}/seed{run.seed}: sweeps log with TensorBoardLogger; the config sets trainer.logger={logger!r}")
+    init = dict((logger or {}).get("init_args", {})) if isinstance(logger, dict) else {}
+    init.update(save_dir=str(root), name=f"{run.experiment}/{run.condition}", version=f"seed{run.seed}")
+    init.setdefault("default_hp_metric", False)
+    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": init}
+    callbacks = [c for c in trainer.get("callbacks") or [] if not (isinstance(c, dict) and c.get("class_path") == RECORD_CLASS)]
+    trainer["callbacks"] = callbacks
+    run.config_digest = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    # as JSON text: the config parser would otherwise build the callbacks named inside the overrides
+    callbacks.append({"class_path": RECORD_CLASS, "init_args": {"record": json.dumps(run.record(), sort_keys=True, default=str)}})
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- the record
+class ConditionRecord(Callback):
+    """Writes ``condition.json`` into the run folder: the run's sweep condition, and ``finished`` at the end of fit.
+
+    Added to every sweep run's config by ``clamp sweep``; reports group runs by ``condition``.
+    """
+
+    def __init__(self, record: str) -> None:
+        """``record``: the condition as JSON text (experiment, condition, levels, seed, overrides, sweep, config_digest)."""
+        self.record = json.loads(record)
+
+    def _write(self, trainer: L.Trainer, finished: bool) -> None:
+        if not trainer.is_global_zero or not trainer.log_dir:
+            return
+        write_record(Path(trainer.log_dir), {**self.record, "finished": finished, "step": trainer.global_step})
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, False)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.max_steps is None or trainer.max_steps < 0 or trainer.global_step >= trainer.max_steps
+        self._write(trainer, bool(done and not trainer.interrupted))
+
+
+def write_record(run_dir: Path, record: Mapping[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "condition.json.tmp"
+    tmp.write_text(json.dumps(dict(record), indent=2, default=str))
+    tmp.replace(run_dir / "condition.json")
+
+
+# ---------------------------------------------------------------------------------- running
+@dataclass
+class SweepResult:
+    ran: list[Run] = field(default_factory=list)
+    skipped: list[Run] = field(default_factory=list)
+    failed: list[tuple[Run, str]] = field(default_factory=list)
+    planned: list[Run] = field(default_factory=list)  # --dry-run: printed, not run
+
+
+def _run_in_process(run: Run) -> str | None:
+    from clamp.cli import cli_main
+
+    try:
+        cli_main(run.fit_args())
+    except SystemExit as e:  # jsonargparse reports config errors by exiting
+        return None if not e.code else f"exit status {e.code}"
+    except Exception as e:  # noqa: BLE001 (one failed run must not stop the sweep)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _run_subprocess(run: Run) -> str | None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = run.dir / "fit.log"
+    with log.open("a") as f:
+        rc = subprocess.run([sys.executable, "-m", "clamp.cli", *run.fit_args()], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    return None if rc == 0 else f"exit status {rc} (see {log})"
+
+
+def run_sweep(
+    sweep: str,
+    jobs: int = 1,
+    dry_run: bool = False,
+    ensemble: int = 0,
+    save_dir: str | None = None,
+) -> SweepResult:
+    """Run every unfinished run of a sweep file.
+
+    Args:
+        sweep: path to the sweep YAML.
+        jobs: runs at a time; above 1 each is its own process with one torch thread.
+        dry_run: write each run's config and print its ``clamp fit`` command instead of running it.
+        ensemble: train runs that differ only in seed and interventions as ensembles of up to this
+            many members in one process (``clamp.ensemble``); 0 runs them one by one.
+        save_dir: where runs go (default: the sweep file's ``save_dir``, else ``runs``).
+    """
+    if jobs < 1:
+        raise SweepError(f"jobs={jobs} must be >= 1")
+    if ensemble < 0:
+        raise SweepError(f"ensemble={ensemble} must be >= 0 (0: no ensembles)")
+    runs = load_sweep(sweep, save_dir)
+    result = SweepResult()
+    todo = []
+    for run in runs:
+        if run.status() == "done":
+            result.skipped.append(run)
+        else:
+            todo.append(run)
+    for run in todo:
+        run.write_config()
+    if dry_run:
+        for run in todo:
+            print(run.command())
+        result.planned = todo
+        return result
+    if ensemble > 0:
+        raise SweepError("--ensemble is not available yet")
+    work = _run_in_process if jobs == 1 else _run_subprocess
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for run, err in zip(todo, pool.map(work, todo)):
+            (result.failed.append((run, err)) if err else result.ran.append(run))
+    return result
+
+
+def build_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="clamp sweep", description="Expand a sweep file (base config x grid x seeds) into runs and run the unfinished ones.")
+    parser.add_argument("sweep", type=str, help="Sweep YAML file.")
+    parser.add_argument("--jobs", type=int, default=1, help="Runs at a time; above 1 each runs as its own process with one torch thread.")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="Write each run's config and print its command instead of running it.")
+    parser.add_argument("--ensemble", type=int, default=0, help="Train runs differing only in seed/interventions as ensembles of up to N members per process.")
+    parser.add_argument("--save_dir", type=str, default=None, help="Where runs go (default: the sweep's save_dir, else runs).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``clamp sweep SWEEP.yaml [--jobs N] [--dry-run] [--ensemble N]``."""
+    parser = build_parser()
+    cfg = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        result = run_sweep(cfg.sweep, jobs=cfg.jobs, dry_run=cfg.dry_run, ensemble=cfg.ensemble, save_dir=cfg.save_dir)
+    except (SweepError, FileNotFoundError) as err:
+        parser.error(str(err))
+    out = sys.stderr if cfg.dry_run else sys.stdout
+    counts = f"{len(result.planned)} to run" if cfg.dry_run else f"{len(result.ran)} ran, {len(result.failed)} failed"
+    print(f"sweep {cfg.sweep}: {counts}, {len(result.skipped)} already finished", file=out)
+    for run, err in result.failed:
+        print(f"  failed {run.dir}: {err}", file=out)
+    if result.failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`clamp sweep` through the real CLI on tiny runs: grid x seeds, records, skipping, resuming, dry runs, --jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clamp.cli import main
+from clamp.sweep import SweepError, apply_overrides, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "trainer.max_steps": 6,
+    "trainer.val_check_interval": 3,
+    "trainer.enable_progress_bar": False,
+    "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}],
+    "data.batch_size": 8,
+    "data.eval_size": 16,
+    "model.transformer": {"d_model": 16, "n_heads": 2},
+}
+CLAMP = {
+    "trainer.callbacks+": [
+        {"class_path": "clamp.ClampCallback", "init_args": {"interventions": [{"site": "layer0.head1.z", "op": {"kind": "zero"}}]}}
+    ]
+}
+
+
+def _sweep(tmp_path: Path, grid: dict | None = None, seeds: int | list[int] = 2, **extra) -> Path:
+    spec = {
+        "experiment": "study",
+        "base": str(ROOT / "experiments" / "induction_default.yaml"),
+        "save_dir": str(tmp_path / "runs"),
+        "seeds": seeds,
+        "overrides": {**TINY, **extra},
+    }
+    if grid is not None:
+        spec["grid"] = grid
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_overrides_merge_mappings_replace_values_and_append_lists() -> None:
+    base = {"model": {"transformer": {"d_model": 64, "n_heads": 8}}, "trainer": {"callbacks": [{"a": 1}]}}
+    out = apply_overrides(base, {"model.transformer": {"n_heads": 2}, "model.optimizer.lr": 0.1, "trainer.callbacks+": [{"b": 2}]})
+    assert out["model"] == {"transformer": {"d_model": 64, "n_heads": 2}, "optimizer": {"lr": 0.1}}
+    assert out["trainer"]["callbacks"] == [{"a": 1}, {"b": 2}]
+    assert base["trainer"]["callbacks"] == [{"a": 1}]  # the base is not modified
+    with pytest.raises(SweepError, match="descends into 'model.transformer.d_model'"):
+        apply_overrides(base, {"model.transformer.d_model.x": 1})
+
+
+def test_grid_expands_to_named_conditions_and_seeds(tmp_path: Path) -> None:
+    path = _sweep(tmp_path, grid={"clamp": {"none": {}, "l0h1": CLAMP}, "model.optimizer.lr": [0.001, 0.003]}, seeds=[3, 5])
+    runs = load_sweep(path)
+    names = sorted({r.condition for r in runs})
+    assert names == ["l0h1_lr=0.001", "l0h1_lr=0.003", "none_lr=0.001", "none_lr=0.003"]
+    assert len(runs) == 8 and sorted({r.seed for r in runs}) == [3, 5]
+    run = next(r for r in runs if r.condition == "l0h1_lr=0.003" and r.seed == 5)
+    assert run.dir == tmp_path / "runs" / "study" / "l0h1_lr=0.003" / "seed5"
+    assert run.config["seed_everything"] == 5 and run.config["model"]["optimizer"]["lr"] == 0.003
+    assert run.levels == {"clamp": "l0h1", "model.optimizer.lr": "lr=0.003"}
+    kinds = [c["class_path"] for c in run.config["trainer"]["callbacks"]]
+    assert kinds == ["lightning.pytorch.callbacks.ModelCheckpoint", "clamp.ClampCallback", "clamp.sweep.ConditionRecord"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"experiment": "x", "base": "b.yaml", "seedz": 3}, r"unknown key\(s\) \['seedz'\]"),
+        ({"experiment": "x"}, "`base` is required"),
+        ({"experiment": "x", "base": "missing.yaml"}, "base config .* does not exist"),
+    ],
+)
+def test_bad_sweep_files_name_the_problem(tmp_path: Path, spec: dict, match: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SweepError, match=match):
+        load_sweep(path)
+
+
+def test_sweep_runs_records_skips_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _sweep(tmp_path, grid={"clamp": {"none": {}, "l0h1": CLAMP}}, seeds=1)
+    main(["sweep", str(path), "--dry-run"])
+    out = capsys.readouterr()
+    commands = out.out.strip().splitlines()
+    assert commands == [f"clamp fit --config {tmp_path}/runs/study/{c}/seed0/run.yaml" for c in ("none", "l0h1")]
+    assert "2 to run" in out.err
+
+    main(["sweep", str(path)])
+    for cond in ("none", "l0h1"):
+        run = tmp_path / "runs" / "study" / cond / "seed0"
+        rec = json.loads((run / "condition.json").read_text())
+        assert rec["condition"] == cond and rec["seed"] == 0 and rec["finished"] and rec["step"] == 6
+        assert list(run.glob("events.out.tfevents.*")) and (run / "checkpoints" / "last.ckpt").exists()
+    rec = json.loads((tmp_path / "runs" / "study" / "l0h1" / "seed0" / "condition.json").read_text())
+    assert rec["overrides"]["trainer.callbacks+"][0]["class_path"] == "clamp.ClampCallback"
+    capsys.readouterr()
+
+    main(["sweep", str(path)])  # everything finished: nothing runs
+    assert "0 ran, 0 failed, 2 already finished" in capsys.readouterr().out
+
+    # a crash after the last checkpoint: the run resumes from it
+    rec_path = tmp_path / "runs" / "study" / "none" / "seed0" / "condition.json"
+    rec_path.write_text(json.dumps({**json.loads(rec_path.read_text()), "finished": False}))
+    main(["sweep", str(path), "--dry-run"])
+    assert capsys.readouterr().out.strip().endswith("--ckpt_path " + str(rec_path.parent / "checkpoints" / "last.ckpt"))
+
+    # a finished run whose config the sweep now changes is not silently reused
+    path.write_text(path.read_text().replace("trainer.max_steps: 6", "trainer.max_steps: 7"))
+    with pytest.raises(SystemExit):
+        main(["sweep", str(path)])
+    assert "finished with a different config" in capsys.readouterr().err
+
+
+def test_jobs_run_as_separate_processes(tmp_path: Path) -> None:
+    path = _sweep(tmp_path, seeds=2, **{"trainer.max_steps": 3})
+    main(["sweep", str(path), "--jobs", "2"])
+    for seed in (0, 1):
+        run = tmp_path / "runs" / "study" / "base" / f"seed{seed}"
+        assert json.loads((run / "condition.json").read_text())["finished"]
+        assert (run / "fit.log").exists() and (run / "config.yaml").exists()
