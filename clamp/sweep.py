@@ -339,7 +339,11 @@ def run_sweep(
         result.planned = todo
         return result
     if ensemble > 0:
-        raise SweepError("--ensemble is not available yet")
+        from clamp.ensemble.runner import run_ensembles
+
+        for run, err in run_ensembles(todo, ensemble, jobs):
+            (result.failed.append((run, err)) if err else result.ran.append(run))
+        return result
     work = _run_in_process if jobs == 1 else _run_subprocess
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for run, err in zip(todo, pool.map(work, todo)):

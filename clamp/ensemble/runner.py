@@ -1,0 +1,164 @@
+"""``clamp sweep --ensemble N``: group a sweep's runs into ensembles and train each group in one process.
+
+Runs may share an ensemble when their configs differ only in the seed and the interventions
+(``ClampCallback`` s) — the rest (architecture, optimizer, data, trainer settings, other
+callbacks) must be equal. Each member is built exactly as ``clamp fit --config <run>/run.yaml``
+builds it (the same parser, seed, initialisation, data module and callbacks), so a member's run
+folder matches the separate run's, and its curves do within floating-point tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks.progress import ProgressBar
+from lightning.pytorch.cli import SaveConfigCallback
+
+from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member
+from clamp.interventions.callback import ClampCallback
+from clamp.metrics.callback import EmergenceCallback
+from clamp.sweep import ConditionRecord, Run, load_sweep
+
+MEMBER_CALLBACKS = (ClampCallback, EmergenceCallback, ConditionRecord)  # run per member, unchanged
+LOOP_CALLBACKS = (ModelCheckpoint, LearningRateMonitor, ProgressBar, ModelSummary, SaveConfigCallback)  # done by the loop itself
+PER_MEMBER_KEYS = ("seed_everything", "experiment")
+
+
+def ensemble_key(config: dict[str, Any]) -> str:
+    """What runs sharing an ensemble must agree on: the config without seed, logger, clamps and record."""
+    cfg = {k: v for k, v in config.items() if k not in PER_MEMBER_KEYS}
+    trainer = dict(cfg.get("trainer") or {})
+    trainer.pop("logger", None)
+    trainer["callbacks"] = [
+        c for c in trainer.get("callbacks") or [] if not (isinstance(c, dict) and str(c.get("class_path", "")).split(".")[-1] in ("ClampCallback", "ConditionRecord"))
+    ]
+    cfg["trainer"] = trainer
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def plan_ensembles(runs: Sequence[Run], size: int) -> list[list[Run]]:
+    """Runs grouped by :func:`ensemble_key`, in sweep order, in chunks of at most ``size``."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(ensemble_key(run.config), []).append(run)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def _build_member(run: Run) -> tuple[Member, Any]:
+    """Parse and instantiate ``run.yaml`` as ``clamp fit`` would (same seed, init, data, callbacks); no fit."""
+    from clamp.cli import ClampCLI
+    from clamp.training import TrainingModule
+    from synthetic_data.datamodule import SyntheticDataModule
+
+    cli = ClampCLI(TrainingModule, SyntheticDataModule, args=["--config", str(run.config_path)], run=False, save_config_kwargs={"overwrite": True})
+    trainer = cli.trainer
+    unsupported = [type(cb).__name__ for cb in trainer.callbacks if not isinstance(cb, MEMBER_CALLBACKS + LOOP_CALLBACKS)]
+    if unsupported:
+        supported = sorted(c.__name__ for c in MEMBER_CALLBACKS + (ModelCheckpoint, LearningRateMonitor))
+        raise EnsembleError(f"run {run.dir}: callbacks {unsupported} cannot run in an ensemble; supported: {supported}")
+    problems = []
+    if trainer.world_size != 1:
+        problems.append(f"world_size={trainer.world_size} (ensembles run on one device)")
+    if trainer.accumulate_grad_batches != 1:
+        problems.append(f"accumulate_grad_batches={trainer.accumulate_grad_batches} (valid: 1)")
+    if str(trainer.precision) not in ("32-true", "32"):
+        problems.append(f"precision={trainer.precision!r} (valid: '32-true')")
+    if not isinstance(trainer.val_check_interval, int) or trainer.check_val_every_n_epoch is not None:
+        problems.append(f"val_check_interval={trainer.val_check_interval!r} with check_val_every_n_epoch={trainer.check_val_every_n_epoch} (valid: an int step count with null)")
+    if not trainer.max_steps or trainer.max_steps < 0:
+        problems.append(f"max_steps={trainer.max_steps} (valid: a positive step count)")
+    if problems:
+        raise EnsembleError(f"run {run.dir}: the ensemble loop does not support " + "; ".join(problems))
+    member = Member(
+        module=cli.model,
+        datamodule=cli.datamodule,
+        callbacks=[cb for cb in trainer.callbacks if isinstance(cb, MEMBER_CALLBACKS)],
+        logger=trainer.logger,
+        run_dir=Path(trainer.logger.log_dir),
+        checkpoint=any(isinstance(cb, ModelCheckpoint) for cb in trainer.callbacks),
+        name=f"{run.condition}/seed{run.seed}",
+    )
+    for cb in trainer.callbacks:
+        if isinstance(cb, SaveConfigCallback):
+            cb.setup(trainer, cli.model, "fit")  # config.yaml, as clamp fit writes it
+    return member, trainer
+
+
+def _settings(trainer: Any) -> LoopSettings:
+    return LoopSettings(
+        max_steps=int(trainer.max_steps),
+        val_check_interval=int(trainer.val_check_interval),
+        log_every_n_steps=int(trainer.log_every_n_steps),
+        gradient_clip_val=trainer.gradient_clip_val,
+        gradient_clip_algorithm=str(trainer.gradient_clip_algorithm or "norm"),
+        device=trainer.strategy.root_device,
+    )
+
+
+def _clear_partial(run: Run) -> None:
+    """An unfinished run restarts from step 0 in an ensemble: drop its stale event files and checkpoints."""
+    for path in list(run.dir.glob("events.out.tfevents.*")) + list((run.dir / "checkpoints").glob("*.ckpt")):
+        path.unlink()
+
+
+def train_ensemble(runs: Sequence[Run]) -> None:
+    """Train ``runs`` as one ensemble (raises :class:`EnsembleError` if they cannot share one)."""
+    for run in runs:
+        _clear_partial(run)
+    built = [_build_member(run) for run in runs]
+    settings = [_settings(t) for _, t in built]
+    for run, s in zip(runs[1:], settings[1:]):
+        if s != settings[0]:
+            raise EnsembleError(f"run {run.dir}: trainer settings {s} differ from {runs[0].dir}: {settings[0]}")
+    EnsembleTrainer([m for m, _ in built], settings[0]).fit()
+
+
+def _train_group(runs: list[Run]) -> list[tuple[Run, str | None]]:
+    try:
+        train_ensemble(runs)
+    except Exception as e:  # noqa: BLE001 (one failed ensemble must not stop the sweep)
+        return [(run, f"{type(e).__name__}: {e}") for run in runs]
+    return [(run, None) for run in runs]
+
+
+def _train_group_subprocess(runs: list[Run]) -> list[tuple[Run, str | None]]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = runs[0].dir.parent / f"ensemble_{runs[0].dir.name}.log"
+    cmd = [sys.executable, "-m", "clamp.ensemble.runner", runs[0].sweep_file, "--save_dir", str(runs[0].dir.parents[2]), *(str(r.dir) for r in runs)]
+    with log.open("a") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    return [(run, None if rc == 0 else f"ensemble exit status {rc} (see {log})") for run in runs]
+
+
+def run_ensembles(runs: Sequence[Run], size: int, jobs: int = 1) -> Iterator[tuple[Run, str | None]]:
+    """Train ``runs`` as ensembles of up to ``size`` members; ``jobs`` > 1 runs that many ensembles as 1-thread processes."""
+    groups = plan_ensembles(runs, size)
+    if jobs == 1:
+        for group in groups:
+            yield from _train_group(group)
+        return
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for results in pool.map(_train_group_subprocess, groups):
+            yield from results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m clamp.ensemble.runner SWEEP --save_dir DIR RUN_DIR...``: one ensemble of a sweep (what ``--jobs`` launches)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    sweep, save_dir, dirs = args[0], args[2], set(args[3:])
+    runs = [r for r in load_sweep(sweep, save_dir) if str(r.dir) in dirs]
+    if len(runs) != len(dirs):
+        raise SystemExit(f"run folders {sorted(dirs - {str(r.dir) for r in runs})} are not in sweep {sweep}")
+    train_ensemble(runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The ensemble training loop: N members' steps as one batched step, each member an ordinary run.
+
+The loop does what ``lightning.Trainer.fit`` does for one run (the same hooks in the same
+order, the same optimizer, schedule, gradient clipping, validation and logging cadence) for N
+members at once: one batched forward and backward, one AdamW over the stacked parameters (AdamW
+is elementwise, so that is N independent optimizers), gradient norms clipped per member. Each
+member keeps its own seed, data stream, eval sets, callbacks, TensorBoard logger and run folder;
+its callbacks (``ClampCallback``, ``EmergenceCallback``, ...) run unchanged against a
+:class:`MemberTrainer`, the part of ``lightning.Trainer`` they read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from clamp.ensemble.members import MemberRouter, share_storage
+from clamp.training import TrainingModule, masked_loss_and_accuracy
+from models.ensemble import EnsembleTransformer
+from synthetic_data.base import model_inputs
+from synthetic_data.datamodule import SyntheticDataModule
+
+INPUT_KEYS = ("tokens", "features", "feature_mask", "targets", "loss_mask")
+
+
+class EnsembleError(ValueError):
+    """Runs that cannot share an ensemble, or a setting the ensemble loop does not support (the message says which)."""
+
+
+@dataclass
+class Member:
+    """One member: its module (whose ``.model`` becomes a view of the ensemble), data, callbacks and logger."""
+
+    module: TrainingModule
+    datamodule: SyntheticDataModule
+    callbacks: list[Callback]
+    logger: Any  # TensorBoardLogger (or any lightning Logger)
+    run_dir: Path
+    checkpoint: bool = True  # write checkpoints/last.ckpt at each validation and at the end
+    name: str = ""
+
+
+class MemberTrainer:
+    """The attributes of ``lightning.Trainer`` that callbacks read, for one member of an ensemble."""
+
+    is_global_zero = True
+    global_rank = 0
+    world_size = 1
+    sanity_checking = False
+    interrupted = False
+    ckpt_path = None
+
+    def __init__(self, loop: EnsembleTrainer, member: Member) -> None:
+        self._loop, self.member = loop, member
+        self.callback_metrics: dict[str, torch.Tensor] = {}
+
+    @property
+    def global_step(self) -> int:
+        return self._loop.global_step
+
+    @property
+    def max_steps(self) -> int:
+        return self._loop.max_steps
+
+    @property
+    def log_every_n_steps(self) -> int:
+        return self._loop.log_every_n_steps
+
+    @property
+    def loggers(self) -> list[Any]:
+        return [self.member.logger] if self.member.logger is not None else []
+
+    @property
+    def logger(self) -> Any:
+        return self.member.logger
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        return self.member.callbacks
+
+    @property
+    def datamodule(self) -> SyntheticDataModule:
+        return self.member.datamodule
+
+    @property
+    def log_dir(self) -> str:
+        return str(self.member.run_dir)
+
+    @property
+    def default_root_dir(self) -> str:
+        return str(self.member.run_dir)
+
+
+@dataclass
+class LoopSettings:
+    """The trainer settings the loop honours (the same for every member)."""
+
+    max_steps: int
+    val_check_interval: int
+    log_every_n_steps: int = 50
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+class EnsembleTrainer:
+    """Trains ``members`` (one architecture, one optimizer config) as one batched computation."""
+
+    def __init__(self, members: Sequence[Member], settings: LoopSettings) -> None:
+        if not members:
+            raise EnsembleError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.settings = settings
+        self.max_steps = settings.max_steps
+        self.log_every_n_steps = max(1, settings.log_every_n_steps)
+        self.global_step = 0
+        cfg = self.members[0].module.model_config
+        for m in self.members[1:]:
+            if m.module.model_config != cfg:
+                raise EnsembleError(f"member {m.name!r} has a different architecture than {self.members[0].name!r}")
+            if m.module.optimizer_config != self.members[0].module.optimizer_config:
+                raise EnsembleError(f"member {m.name!r} has a different optimizer config than {self.members[0].name!r}")
+        self.trainers = [MemberTrainer(self, m) for m in self.members]
+        device = settings.device
+        for m in self.members:
+            m.module.to(device)
+        self.model = EnsembleTransformer(cfg, len(self.members)).to(device)
+        share_storage(self.model, [m.module.model for m in self.members])
+        self.router = MemberRouter(self.model, [m.module.model for m in self.members])
+        self.optimizer, self.scheduler = self._optimizer()
+        self._eval: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ optimisation
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """``TrainingModule.configure_optimizers`` on stacked parameters (decay on what is a matrix per member)."""
+        cfg = self.members[0].module.optimizer_config
+        params = list(self.model.named_parameters())
+        decay = [p for _, p in params if p.ndim - 1 >= 2]
+        no_decay = [p for _, p in params if p.ndim - 1 < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)
+        )
+        total = cfg.total_steps or max(self.max_steps, 0)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_factor(s, total))
+
+    def _clip_gradients(self) -> None:
+        """Lightning's ``gradient_clip_val`` per member: each member's gradient norm is its own."""
+        clip = self.settings.gradient_clip_val
+        if not clip:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.settings.gradient_clip_algorithm == "value":
+            for g in grads:
+                g.clamp_(-clip, clip)
+            return
+        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], dim=1)  # [M, n_params]
+        total = torch.linalg.vector_norm(norms, dim=1)  # [M]
+        coef = (clip / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *(1,) * (g.dim() - 1)))
+
+    # ------------------------------------------------------------------ hooks
+    def _call(self, hook: str, *args: Any) -> None:
+        for trainer, m in zip(self.trainers, self.members):
+            for cb in m.callbacks:
+                getattr(cb, hook)(trainer, m.module, *args)
+
+    def _streams(self) -> list[Iterator[dict[str, torch.Tensor]]]:
+        return [iter(m.datamodule.train_dataloader()) for m in self.members]
+
+    def _stack(self, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        dev = self.settings.device
+        return {k: torch.stack([b[k] for b in batches]).to(dev, non_blocking=True) for k in INPUT_KEYS if k in batches[0]}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> None:
+        for trainer, m in zip(self.trainers, self.members):
+            for cb in m.callbacks:
+                cb.setup(trainer, m.module, "fit")
+        self._call("on_fit_start")
+        self.model.train()
+        for m in self.members:
+            m.module.train()
+        self._call("on_train_start")
+        streams = self._streams()
+        while self.global_step < self.max_steps:
+            batches = [next(s) for s in streams]
+            self._train_step(batches)
+            if self.global_step % self.settings.val_check_interval == 0:
+                self._validate()
+        self._call("on_train_end")
+        self._call("on_fit_end")
+        for m in self.members:
+            if m.checkpoint:
+                self._save_checkpoint(m)
+        for trainer, m in zip(self.trainers, self.members):
+            for cb in m.callbacks:
+                cb.teardown(trainer, m.module, "fit")
+            if m.logger is not None:
+                m.logger.finalize("success")
+
+    def _train_step(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        step = self.global_step
+        for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
+            for cb in m.callbacks:
+                cb.on_train_batch_start(trainer, m.module, batches[i], 0)
+        batch = self._stack(batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(*model_inputs(batch))
+        pairs = [masked_loss_and_accuracy(logits[i], {k: v[i] for k, v in batch.items()}) for i in range(len(self.members))]
+        losses = torch.stack([loss for loss, _ in pairs])
+        losses.sum().backward()
+        self._clip_gradients()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        detached = losses.detach()
+        for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
+            for cb in m.callbacks:
+                cb.on_train_batch_end(trainer, m.module, {"loss": detached[i]}, batches[i], 0)
+        if (step + 1) % self.log_every_n_steps == 0:  # Lightning's train-metric cadence and step index
+            values = torch.stack([detached, torch.stack([acc for _, acc in pairs]).detach()]).cpu().tolist()
+            for i, m in enumerate(self.members):
+                if m.logger is not None:
+                    m.logger.log_metrics({"train/loss": values[0][i], "train/acc": values[1][i], "lr-AdamW": lr, "epoch": 0}, step=step)
+
+    # ------------------------------------------------------------------ validation
+    def _eval_sets(self) -> dict[str, dict[str, torch.Tensor]]:
+        if not self._eval:
+            for name in self.members[0].datamodule.eval_split_names:
+                self._eval[name] = self._stack([m.datamodule.eval_set(name) for m in self.members])
+        return self._eval
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        self._call("on_validation_start")
+        self.model.eval()
+        n_members = len(self.members)
+        metrics: list[dict[str, torch.Tensor]] = [{} for _ in range(n_members)]
+        ebs = self.members[0].datamodule.eval_batch_size
+        for split, data in self._eval_sets().items():
+            size = data["tokens"].shape[1]
+            sums = torch.zeros(n_members, 3)  # loss * n, acc * n, n
+            for start in range(0, size, ebs):
+                batch = {k: v[:, start : start + ebs] for k, v in data.items()}
+                logits = self.model(*model_inputs(batch))
+                for i in range(n_members):
+                    mb = {k: v[i] for k, v in batch.items()}
+                    loss, acc = masked_loss_and_accuracy(logits[i], mb)
+                    n = float(mb["loss_mask"].sum())
+                    sums[i] += torch.stack([loss.float().cpu() * n, acc.float().cpu() * n, torch.tensor(n)])
+            for i in range(n_members):
+                metrics[i][f"val/{split}/loss"] = sums[i, 0] / sums[i, 2]
+                metrics[i][f"val/{split}/acc"] = sums[i, 1] / sums[i, 2]
+        self.model.train()
+        for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
+            trainer.callback_metrics = dict(metrics[i])
+            if m.logger is not None:
+                m.logger.log_metrics({**{k: float(v) for k, v in metrics[i].items()}, "epoch": 0}, step=self.global_step - 1)
+        self._call("on_validation_end")
+        for m in self.members:
+            if m.checkpoint:
+                self._save_checkpoint(m)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _optimizer_state(self, index: int) -> dict[str, Any]:
+        state = self.optimizer.state_dict()
+        sliced = {
+            k: {n: (v[index].clone() if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for n, v in s.items()} for k, s in state["state"].items()
+        }
+        return {"state": sliced, "param_groups": state["param_groups"]}
+
+    def _save_checkpoint(self, m: Member) -> None:
+        """``checkpoints/last.ckpt`` in Lightning's layout: weights, hyper-parameters, callback and optimizer states."""
+        index = self.members.index(m)
+        ckpt = {
+            "epoch": 0,
+            "global_step": self.global_step,
+            "pytorch-lightning_version": L.__version__,
+            "state_dict": {f"model.{k}": v.detach().clone() for k, v in m.module.model.state_dict().items()},
+            "hyper_parameters": dict(m.module.hparams),
+            "callbacks": {cb.state_key: cb.state_dict() for cb in m.callbacks if cb.state_dict()},
+            "optimizer_states": [self._optimizer_state(index)],
+            "lr_schedulers": [self.scheduler.state_dict()],
+            "ensemble": {"members": len(self.members), "index": index},
+        }
+        path = m.run_dir / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(ckpt, tmp)
+        tmp.replace(path)

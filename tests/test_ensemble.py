@@ -1,0 +1,140 @@
+"""Ensembles: one batched model equals its members, and `clamp sweep --ensemble` equals separate runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from clamp.cli import main
+from clamp.ensemble.runner import plan_ensembles, train_ensemble
+from clamp.ensemble.trainer import EnsembleError
+from clamp.sweep import load_sweep
+from models import Transformer, TransformerConfig
+from models.ensemble import EnsembleTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(attn_only=True, positional="learned"),
+        dict(attn_only=False, positional="rotary", normalization="none", tie_embeddings=True, bias=False),
+        dict(attn_only=False, positional="none", act_fn="relu"),
+    ],
+)
+def test_ensemble_forward_equals_each_member(options: dict) -> None:
+    cfg = TransformerConfig(n_layers=2, n_heads=4, d_model=32, **options).resolved(d_vocab=16, n_ctx=12, d_feature=0 if options.get("tie_embeddings") else 8)
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append(Transformer(cfg))
+    ens = EnsembleTransformer(cfg, 3)
+    ens.load_members([m.state_dict() for m in members])
+    tokens = torch.randint(0, 16, (3, 5, 12))
+    feats = torch.randn(3, 5, 12, 8) if cfg.d_feature else None
+    fmask = torch.rand(3, 5, 12) > 0.5 if cfg.d_feature else None
+    want = torch.stack([m(tokens[i], None if feats is None else feats[i], None if fmask is None else fmask[i]) for i, m in enumerate(members)])
+    torch.testing.assert_close(ens(tokens, feats, fmask), want, atol=1e-6, rtol=0)
+    _, cache = ens.run_with_cache(tokens, feats, fmask, names=["layer1.pattern", "layer0.result"])  # explicit attention path
+    _, ref = members[2].run_with_cache(tokens[2], None if feats is None else feats[2], None if fmask is None else fmask[2], names=["layer1.pattern"])
+    torch.testing.assert_close(cache["layer1.pattern"][2], ref["layer1.pattern"], atol=1e-6, rtol=0)
+    assert cache["layer0.result"].shape == (3, 5, 4, 12, 32)
+
+
+CLAMPS = [
+    {"site": "layer0.head1.z", "op": {"kind": "zero"}, "schedule": {"start": 3}},
+    {"site": "layer1.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}, "positions": [-1], "schedule": {"ramp": 4}},
+    {"site": "layer1.head0.z", "op": {"kind": "mean", "over": "running"}},
+    {"site": "layer0.resid_post", "op": {"kind": "noise", "std": 0.05}},
+    {"site": "layer0.attn_out", "op": {"kind": "patch", "transform": "resample_batch"}, "features": [0, 1, 2], "during": ["train"]},
+]
+
+
+def _sweep(tmp_path: Path, **extra) -> Path:
+    spec = {
+        "experiment": "ens",
+        "base": str(ROOT / "experiments" / "induction_default.yaml"),
+        "seeds": [0, 1],
+        "overrides": {
+            "trainer.max_steps": 12,
+            "trainer.val_check_interval": 6,
+            "trainer.log_every_n_steps": 4,
+            "trainer.enable_progress_bar": False,
+            "trainer.callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+                {"class_path": "clamp.EmergenceCallback", "init_args": {"every_n_steps": 6, "probe_size": 16, "heatmap_every_n_steps": 0}},
+            ],
+            "data.batch_size": 16,
+            "data.eval_size": 48,
+            "data.eval_batch_size": 32,
+            "model.transformer": {"d_model": 16, "n_heads": 2},
+            **extra,
+        },
+        "grid": {
+            "clamp": {
+                "none": {},
+                "clamped": {"trainer.callbacks+": [{"class_path": "clamp.ClampCallback", "init_args": {"interventions": CLAMPS}}]},
+            }
+        },
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_ensemble_sweep_equals_separate_runs(tmp_path: Path) -> None:
+    path = _sweep(tmp_path)
+    main(["sweep", str(path), "--save_dir", str(tmp_path / "separate")])
+    main(["sweep", str(path), "--save_dir", str(tmp_path / "ensemble"), "--ensemble", "4"])
+    for cond in ("none", "clamped"):
+        for seed in (0, 1):
+            a_dir, b_dir = (tmp_path / root / "ens" / cond / f"seed{seed}" for root in ("separate", "ensemble"))
+            a = torch.load(a_dir / "checkpoints" / "last.ckpt", weights_only=False)
+            b = torch.load(b_dir / "checkpoints" / "last.ckpt", weights_only=False)
+            ha, hb = a["callbacks"]["EmergenceCallback"]["history"], b["callbacks"]["EmergenceCallback"]["history"]
+            assert sorted(ha) == sorted(hb)
+            for tag in ("train/loss", "val/ic/loss", "val/iw/acc", "curves/task/loss", "task/induction/L1H0"):
+                steps_a, values_a = zip(*ha[tag])
+                steps_b, values_b = zip(*hb[tag])
+                assert steps_a == steps_b, tag
+                torch.testing.assert_close(torch.tensor(values_b), torch.tensor(values_a), atol=2e-5, rtol=1e-5, msg=tag)
+            for k, v in a["state_dict"].items():
+                torch.testing.assert_close(b["state_dict"][k], v, atol=2e-5, rtol=1e-4)
+            assert a["hyper_parameters"] == b["hyper_parameters"]
+            rec = json.loads((b_dir / "condition.json").read_text())
+            assert rec["finished"] and rec["condition"] == cond and rec["seed"] == seed
+            assert (b_dir / "summary.json").exists() and (b_dir / "config.yaml").exists() and list(b_dir.glob("events.out.tfevents.*"))
+    # the clamp was on in the member that asked for it, and only there: its curves differ from the unclamped seed's
+    none = torch.load(tmp_path / "ensemble" / "ens" / "none" / "seed0" / "checkpoints" / "last.ckpt", weights_only=False)
+    clamped = torch.load(tmp_path / "ensemble" / "ens" / "clamped" / "seed0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert none["callbacks"]["EmergenceCallback"]["history"]["train/loss"] != clamped["callbacks"]["EmergenceCallback"]["history"]["train/loss"]
+
+
+def test_runs_group_by_everything_but_seed_and_clamps(tmp_path: Path) -> None:
+    runs = load_sweep(_sweep(tmp_path))
+    assert [len(g) for g in plan_ensembles(runs, 3)] == [3, 1]
+    spec = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    spec["grid"]["lr"] = {"a": {}, "b": {"model.optimizer.lr": 0.01}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    groups = plan_ensembles(load_sweep(tmp_path / "sweep.yaml"), 8)
+    assert sorted(len(g) for g in groups) == [4, 4]  # different learning rates never share an ensemble
+
+
+def test_unsupported_settings_are_rejected_by_name(tmp_path: Path) -> None:
+    path = _sweep(tmp_path, **{"trainer.callbacks+": [{"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/ic/loss"}}]})
+    runs = load_sweep(path)
+    for run in runs:
+        run.write_config()
+    with pytest.raises(EnsembleError, match=r"callbacks \['EarlyStopping'\] cannot run in an ensemble; supported: .*ClampCallback"):
+        train_ensemble(runs[:2])
+    path = _sweep(tmp_path, **{"trainer.accumulate_grad_batches": 2})
+    runs = load_sweep(path)
+    for run in runs:
+        run.write_config()
+    with pytest.raises(EnsembleError, match="accumulate_grad_batches=2"):
+        train_ensemble(runs[:2])
