@@ -73,8 +73,9 @@ class EnsembleAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, dh, dm, M = cfg.n_heads, cfg.d_head, cfg.d_model, members
-        self.qkv = StackedLinear(M, dm, 3 * h * dh, cfg.bias)
-        self.out = StackedLinear(M, h * dh, dm, cfg.bias)
+        bias = cfg.bias if cfg.attn_bias is None else cfg.attn_bias
+        self.qkv = StackedLinear(M, dm, 3 * h * dh, bias)
+        self.out = StackedLinear(M, h * dh, dm, bias)
         head = {"head": h, "d_head": dh}
         p = f"layer{layer}."
         for name in ("q", "k", "v", "z"):
@@ -190,9 +191,14 @@ class EnsembleTransformer(SiteModelMixin, nn.Module):
             raise ValueError(f"got {len(states)} member states for an ensemble of {self.members}")
         own = dict(self.named_parameters())
         for i, state in enumerate(states):
-            missing = sorted(set(own) - set(state))
-            if missing:
-                raise ValueError(f"member {i}: state dict lacks {missing[:8]}")
+            params = {k: v for k, v in state.items() if k in own or not k.endswith(("rot_cos", "rot_sin"))}
+            missing, unexpected = sorted(set(own) - set(params)), sorted(set(params) - set(dict(self.state_dict())))
+            shapes = [k for k in own if k in params and tuple(params[k].shape) != tuple(own[k].shape[1:])]
+            if missing or unexpected or shapes:
+                raise ValueError(
+                    f"member {i} does not fit this ensemble (does EnsembleTransformer mirror every Transformer option?): "
+                    f"missing {missing[:8]}, unexpected {unexpected[:8]}, shapes differ for {shapes[:8]}"
+                )
         for name, p in own.items():
             p.copy_(torch.stack([s[name].to(p) for s in states]))
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         dict(attn_only=True, positional="learned"),
         dict(attn_only=False, positional="rotary", normalization="none", tie_embeddings=True, bias=False),
-        dict(attn_only=False, positional="none", act_fn="relu"),
+        dict(attn_only=False, positional="none", act_fn="relu", attn_bias=False, init="lecun"),
     ],
 )
 def test_ensemble_forward_equals_each_member(options: dict) -> None:

@@ -229,7 +229,9 @@ class EnsembleTrainer:
             values = torch.stack([detached, torch.stack([acc for _, acc in pairs]).detach()]).cpu().tolist()
             for i, m in enumerate(self.members):
                 if m.logger is not None:
-                    m.logger.log_metrics({"train/loss": values[0][i], "train/acc": values[1][i], "lr-AdamW": lr, "epoch": 0}, step=step)
+                    sequences = float((step + 1) * m.module.sequences_per_step(batches[i]))
+                    row = {"train/loss": values[0][i], "train/acc": values[1][i], "train/sequences": sequences, "lr-AdamW": lr, "epoch": 0}
+                    m.logger.log_metrics(row, step=step)
 
     # ------------------------------------------------------------------ validation
     def _eval_sets(self) -> dict[str, dict[str, torch.Tensor]]:
