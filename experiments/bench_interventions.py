@@ -31,6 +31,7 @@ from clamp.interventions import InterventionEngine
 from models import Transformer, TransformerConfig
 
 H0 = "layer0.head0"
+CONSTRUCTORS = "clamp.interventions.constructors"
 
 
 def op_configs(n_heads: int) -> dict[str, list[dict[str, Any]]]:
@@ -49,6 +50,18 @@ def op_configs(n_heads: int) -> dict[str, list[dict[str, Any]]]:
         "grad_only": [{"site": f"{H0}.z", "op": {"kind": "grad_only"}}],
         "clamp_to_reference": [{"site": "layer0.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}],
         "patch": [{"site": "layer0.z", "op": {"kind": "patch", "transform": "resample_batch"}}],
+        # the paper's clamps: a batch-aware value, a cross-site differentiable value, a nested second pass
+        "construct (batch: induction_pattern)": [
+            {"site": "layer1.head0.pattern", "positions": [-1], "op": {"kind": "construct", "fn": f"{CONSTRUCTORS}.induction_pattern"}}
+        ],
+        "construct (read: perfect_copy, grad)": [
+            {"site": "logits", "positions": [-1], "grad": True, "op": {"kind": "construct", "fn": f"{CONSTRUCTORS}.perfect_copy"}}
+        ],
+        "patch (second pass, nested, grad)": [
+            {"site": "layer0.resid_post", "grad": True, "op": {"kind": "construct", "fn": f"{CONSTRUCTORS}.site_value"}},
+            {"site": "layer1.pattern", "grad": True, "op": {"kind": "patch", "transform": "identity", "interventions": [
+                {"site": "layer0.resid_post", "grad": True, "op": {"kind": "construct", "fn": f"{CONSTRUCTORS}.shifted"}}]}},
+        ],
     }
 
 
@@ -75,6 +88,9 @@ def idle_config(n_heads: int) -> list[dict[str, Any]]:
         layer = 0 if name not in replacing or replacing.index(name) < n_heads else 1
         leaf = "pattern" if name == "construct" else "z"
         out.append({"site": f"layer{layer}.head{head}.{leaf}", "op": op, "schedule": later, "name": f"idle_{i}_{name}"})
+    paper = op_configs(n_heads)  # the paper's cross-site and second-pass clamps (their sites overlap none of the above)
+    for name in ("construct (read: perfect_copy, grad)", "patch (second pass, nested, grad)"):
+        out += [{**spec, "schedule": later, "name": f"idle_{name}_{j}"} for j, spec in enumerate(paper[name])]
     return out
 
 
@@ -86,7 +102,9 @@ def make_batch(batch: int, n_ctx: int, d_feature: int, n_labels: int, seed: int)
     tokens[feature_mask] = n_labels  # placeholder id where features are used
     features = torch.randn(batch, n_ctx, d_feature, generator=g)
     targets = torch.randint(0, n_labels, (batch,), generator=g)
-    return {"tokens": tokens, "features": features, "feature_mask": feature_mask, "targets": targets}
+    query_pos = torch.full((batch,), n_ctx - 1)
+    match_pos = 2 * torch.randint(0, (n_ctx - 1) // 2, (batch,), generator=g) + 1  # a context label position
+    return {"tokens": tokens, "features": features, "feature_mask": feature_mask, "targets": targets, "query_pos": query_pos, "match_pos": match_pos}
 
 
 class Runner:
@@ -103,6 +121,7 @@ class Runner:
 
     def train_step(self, b: dict[str, torch.Tensor]) -> None:
         if self.engine is not None:
+            self.engine.set_batch(b)  # as ClampCallback does (batch-aware values read it)
             self.engine.mode = "train"
             self.engine.update(self.step)
         logits = self.model(b["tokens"], b["features"], b["feature_mask"])
@@ -114,6 +133,7 @@ class Runner:
 
     def infer(self, b: dict[str, torch.Tensor]) -> None:
         if self.engine is not None:
+            self.engine.set_batch(b)
             self.engine.mode = "val"
             self.engine.update(self.step)
         with torch.no_grad():

@@ -407,3 +407,14 @@ def test_clamp_callback_feeds_the_batch_to_training_validation_and_probes(tmp_pa
     assert not any(k.startswith("random/") for k in emergence.history)
     match = [v for _, v in emergence.history["task/query_to_match/L1H0"]]
     assert all(abs(v - 1.0) < 1e-5 for v in match)  # the clamped head attends to the matching label, in probes too
+
+
+def test_missing_task_fields_fail_at_setup_naming_them(tmp_path) -> None:
+    from clamp import ClampCallback
+    from synthetic_data import RepeatedTokens, SyntheticDataModule
+    from tests.helpers import tiny_module, trainer
+
+    dm = SyntheticDataModule(RepeatedTokens(vocab_size=8, seq_len=8, min_period=3, max_period=4), batch_size=4, eval_size=8, eval_batch_size=8)
+    spec = {"name": "match", "site": "layer1.head0.pattern", "positions": [-1], "op": {"kind": "construct", "fn": C + "induction_pattern"}}
+    with pytest.raises(ValueError, match=r"interventions \['match'\] need batch field\(s\) \['feature_mask', 'match_pos', 'query_pos'\], which task RepeatedTokens does not provide"):
+        trainer(tmp_path, 2, [ClampCallback([spec])]).fit(tiny_module(dm), datamodule=dm)

@@ -66,9 +66,24 @@ class ClampCallback(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.engine is None:
             self.engine = InterventionEngine(pl_module.model, self.interventions, seed=self.seed)
+            self._check_task_fields(getattr(getattr(trainer, "datamodule", None), "task", None))
         if self._pending is not None:
             self._apply_state(self._pending)
             self._pending = None
+
+    def _check_task_fields(self, task: Any) -> None:
+        """Batch-aware interventions need fields the task must provide: say so before the first step."""
+        assert self.engine is not None
+        needed = self.engine.needed_fields()
+        if not needed or task is None or not hasattr(task, "sample"):
+            return
+        import numpy as np
+
+        fields = set(task.sample(np.random.default_rng(0), 2, "train"))  # a throwaway batch: only its keys matter
+        missing = [f for f in needed if f not in fields]
+        if missing:
+            users = sorted({b.spec.label for b in self.engine.bound if set(b.fields) & set(missing) or (b.nested is not None and set(b.nested.needed_fields()) & set(missing))})
+            raise ValueError(f"interventions {users} need batch field(s) {missing}, which task {type(task).__name__} does not provide; its batches have {sorted(fields)}")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.engine is not None

@@ -222,6 +222,8 @@ class InterventionEngine:
                 raise ValueError(f"{where}: unknown `during` value(s) {bad_modes}; valid: {list(MODES)}")
             if _nested_in and (spec.schedule != Schedule() or sorted(spec.during) != sorted(MODES)):
                 raise ValueError(f"{where}: an intervention of a second pass applies whenever the pass runs; give `schedule` and `during` to the outer intervention")
+            if _nested_in and getattr(op, "over", None) == "running":
+                raise ValueError(f"{where}: a running mean inside a second pass would not be checkpointed; use `over: batch` or `batch_pos`")
             self._check_indices(spec, targets, where, getattr(getattr(model, "cfg", None), "n_ctx", 0))
             self._check_reads(reads, targets, pass_spec, order, where)
             b = Bound(i, spec, op, targets, grad, reads, fields, pass_spec)
