@@ -73,10 +73,15 @@ def grads(model: Transformer) -> dict[str, torch.Tensor]:
     return g
 
 
-def qk_rows(head: int, which: str) -> list[int]:
-    """Rows of layer l's fused qkv weight for one head's q, k or v."""
+def qk_rows(head: int, which: str, n_heads: int = H) -> list[int]:
+    """Rows of a layer's fused qkv weight for one head's q, k or v."""
     i = "qkv".index(which)
-    return [i * H * DH + head * DH + d for d in range(DH)]
+    dh = D // n_heads
+    return [i * n_heads * dh + head * dh + d for d in range(dh)]
+
+
+def config_interventions(name: str) -> list[dict]:
+    return yaml.safe_load((CLAMPS / f"{name}.yaml").read_text())["trainer"]["callbacks+"][0]["init_args"]["interventions"]
 
 
 def shifted_embeddings_hooks(model: Transformer, names: list[str]) -> dict[str, torch.Tensor]:
@@ -250,7 +255,7 @@ def test_layer1_clamp_values_and_gradients() -> None:
     model = make_model()
     clean = run(model, ["layer0.resid_pre"])
     hand = shifted_embeddings_hooks(model, ["layer1.pattern"])
-    specs = yaml.safe_load((CLAMPS / "layer1.yaml").read_text())["trainer"]["callbacks+"][0]["init_args"]["interventions"][:2]
+    specs = config_interventions("layer1")[:2]
     with intervene(model, specs, batch=BATCH):
         got = run(model, ["layer0.resid_post", "layer1.pattern"])
         g = grads(model)
@@ -273,7 +278,7 @@ def test_layer1_clamp_values_and_gradients() -> None:
 def test_layer1_plus_copy_reads_scores_from_the_shifted_pass() -> None:
     model = make_model()
     hand = shifted_embeddings_hooks(model, ["layer1.attn_scores"])["layer1.attn_scores"][:, 0, -1]
-    specs = yaml.safe_load((CLAMPS / "layer1_copy.yaml").read_text())["trainer"]["callbacks+"][0]["init_args"]["interventions"]
+    specs = config_interventions("layer1_copy")
     with intervene(model, specs, batch=BATCH):
         got = run(model, ["logits"])["logits"][:, -1]
         g = grads(model)
@@ -351,7 +356,7 @@ def test_graft_from_checkpoint_replaces_l0_output_and_stops_its_gradient(tmp_pat
     model, trained = make_model(0), make_model(1)
     path = tmp_path / "trained.pt"
     torch.save(trained.state_dict(), path)
-    spec = yaml.safe_load((CLAMPS / "graft.yaml").read_text())["trainer"]["callbacks+"][0]["init_args"]["interventions"][0]
+    spec = config_interventions("graft")[0]
     spec["op"]["reference"] = str(path)
     with intervene(model, [spec], batch=BATCH):
         got = run(model, ["layer0.resid_post"])["layer0.resid_post"]
@@ -365,12 +370,30 @@ def test_graft_from_checkpoint_replaces_l0_output_and_stops_its_gradient(tmp_pat
 # =========================================================================== the shipped configs
 
 
+@pytest.mark.parametrize(("name", "layer", "head"), [("prev_token", 0, 0), ("match", 1, 0)])
+def test_constant_pattern_clamps_stop_that_heads_qk_gradient_only(name: str, layer: int, head: int) -> None:
+    """A hand-built pattern is a constant: the clamped head's W_Q/W_K learn nothing from the query loss,
+    its W_V still does; the single-head ablation leaves L1H1..7 without any gradient."""
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(n_layers=2, n_heads=8, d_model=D).resolved(d_vocab=N_LABELS + 1, n_ctx=5, d_feature=DIM, d_out=N_LABELS))
+    g_free = grads(model)
+    with intervene(model, config_interventions(name), batch=BATCH):
+        g = grads(model)
+    qkv, free = g[f"blocks.{layer}.attn.qkv.weight"], g_free[f"blocks.{layer}.attn.qkv.weight"]
+    rows = qk_rows(head, "q", 8) + qk_rows(head, "k", 8)
+    assert torch.all(qkv[rows] == 0) and free[rows].abs().sum() > 0
+    assert qkv[qk_rows(head, "v", 8)].abs().sum() > 0
+    l1 = g["blocks.1.attn.qkv.weight"]
+    assert torch.all(l1[[r for h in range(1, 8) for w in "qkv" for r in qk_rows(h, w, 8)]] == 0)
+    if name == "match":
+        assert torch.all(l1[qk_rows(0, "q", 8) + qk_rows(0, "k", 8)] == 0)
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in CLAMPS.glob("*.yaml")))
 def test_every_paper_clamp_config_builds_and_trains_one_step(name: str, tmp_path) -> None:
     """Each YAML's interventions validate against the paper's model (2 layers, 8 heads) and give a
     finite loss whose gradient reaches some parameter."""
-    cfg = yaml.safe_load((CLAMPS / f"{name}.yaml").read_text())
-    specs = cfg["trainer"]["callbacks+"][0]["init_args"]["interventions"]
+    specs = config_interventions(name)
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(n_layers=2, n_heads=8, d_model=D).resolved(d_vocab=N_LABELS + 1, n_ctx=5, d_feature=DIM, d_out=N_LABELS))
     for s in specs:
