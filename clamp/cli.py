@@ -2,18 +2,20 @@
 
 One YAML file holds model, data, trainer and callbacks (``class_path``/``init_args``). The data's
 :class:`TaskSpec` is linked into the model so users never repeat vocabulary or context sizes, and
-``seed_everything`` seeds the model init, the training stream and the eval sets alike.
+``seed_everything`` seeds the model init, the training stream and the eval sets alike. ``data`` is
+a :class:`SyntheticDataModule` unless it names another ``class_path`` (e.g.
+``clamp.text.TextDataModule``); any DataModule with a ``spec`` property and a ``seed`` argument fits.
 """
 
 from __future__ import annotations
 
 import sys
 
+import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
 from clamp.training import TrainingModule
-from synthetic_data.datamodule import SyntheticDataModule
 
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -28,8 +30,9 @@ class ClampCLI(LightningCLI):
         parser.add_argument("--experiment", type=str, default="default", help="Run name: logs go to runs/<experiment>/<version>/.")
         parser.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: torch's default). Tiny models run fastest with 1.")
         parser.link_arguments("data.spec", "model.task", apply_on="instantiate")
-        parser.link_arguments("seed_everything", "data.seed")
+        parser.link_arguments("seed_everything", "data.init_args.seed")
         parser.set_defaults({"trainer.logger": DEFAULT_LOGGER, "seed_everything": 0})
+        parser.set_defaults({"data": {"class_path": "synthetic_data.SyntheticDataModule"}})  # a bare `data:` block means this
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -46,7 +49,8 @@ def cli_main(args: list[str] | None = None) -> ClampCLI:
     """Build and run the Lightning CLI (``args=None``: read ``sys.argv``)."""
     return ClampCLI(
         TrainingModule,
-        SyntheticDataModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
     )

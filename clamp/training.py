@@ -1,4 +1,4 @@
-"""The LightningModule that trains a site-bearing transformer on any synthetic task.
+"""The LightningModule that trains a site-bearing transformer (the project's or a Hugging Face one) on any task.
 
 Loss and accuracy are computed only where the batch's ``loss_mask`` is set, so the same module
 serves next-token tasks (loss everywhere) and the exemplar-label task (loss at the query only).
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from models import Transformer, TransformerConfig
+from models.hf import HFModelConfig
 from synthetic_data.base import TaskSpec, model_inputs
 
 
@@ -58,10 +59,12 @@ def masked_loss_and_accuracy(logits: torch.Tensor, batch: dict[str, torch.Tensor
 
 
 class TrainingModule(L.LightningModule):
-    """Trains :class:`models.Transformer` on a task; logs ``train/*`` and ``val/<split>/*`` to TensorBoard.
+    """Trains a site model on a task; logs ``train/*`` and ``val/<split>/*`` to TensorBoard.
 
     Args:
-        transformer: architecture; sizes left at 0 are filled from ``task``.
+        transformer: the project's :class:`models.Transformer`; sizes left at 0 are filled from ``task``.
+        hf: a Hugging Face causal LM (:class:`models.hf.HFModelConfig`) to train instead of
+            ``transformer``; its vocabulary and context default to the task's.
         optimizer: AdamW and learning-rate schedule.
         task: the data's :class:`TaskSpec` (linked automatically from the DataModule by the CLI).
     """
@@ -71,14 +74,24 @@ class TrainingModule(L.LightningModule):
         transformer: TransformerConfig = TransformerConfig(),
         optimizer: OptimizerConfig = OptimizerConfig(),
         task: TaskSpec | None = None,
+        hf: HFModelConfig | None = None,
     ) -> None:
         super().__init__()
         optimizer.validate()
         spec = task or TaskSpec(d_vocab=0, n_ctx=0)
-        self.model_config = transformer.resolved(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx, d_feature=spec.d_feature, d_out=spec.d_out)
         self.optimizer_config = optimizer
-        self.model = Transformer(self.model_config)
-        self.save_hyperparameters({"transformer": asdict(transformer), "optimizer": asdict(optimizer), "task": asdict(spec)})
+        hparams = {"optimizer": asdict(optimizer), "task": asdict(spec)}
+        if hf is not None:
+            if spec.d_feature or (spec.d_out and spec.d_out != spec.d_vocab):
+                raise ValueError(f"model.hf: Hugging Face causal LMs predict next tokens; this task has d_feature={spec.d_feature}, d_out={spec.d_out} (use model.transformer)")
+            self.model = hf.build(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx)
+            self.model_config = self.model.cfg
+            hparams["hf"] = asdict(hf)
+        else:
+            self.model_config = transformer.resolved(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx, d_feature=spec.d_feature, d_out=spec.d_out)
+            self.model = Transformer(self.model_config)
+            hparams["transformer"] = asdict(transformer)
+        self.save_hyperparameters(hparams)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(*model_inputs(batch))

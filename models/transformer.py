@@ -261,6 +261,10 @@ class Transformer(SiteModelMixin, nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
+    def ov_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W_V [L, H, d_model, d_head]`` and ``W_O [L, H, d_head, d_model]`` of every block."""
+        return torch.stack([b.attn.W_V for b in self.blocks]), torch.stack([b.attn.W_O for b in self.blocks])
+
     @property
     def W_U(self) -> torch.Tensor:
         """[d_model, d_out] unembedding (classifier) matrix."""

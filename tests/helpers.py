@@ -64,3 +64,20 @@ class RankFingerprint(Callback):
         out = {"rank": trainer.global_rank, "world": trainer.world_size, "step": trainer.global_step, "params": params, "running_means": means}
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+
+
+class LossTrace(Callback):
+    """Records the training loss averaged over ranks at every step (rank 0 writes ``out_path``)."""
+
+    def __init__(self, out_path: str) -> None:
+        self.out_path, self.losses = out_path, []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(pl_module.all_gather(loss.detach()).float().mean()))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import json
+
+        if trainer.is_global_zero:
+            Path(self.out_path).write_text(json.dumps(self.losses))

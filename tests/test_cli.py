@@ -47,7 +47,8 @@ def test_print_config_shows_every_section(capsys: pytest.CaptureFixture[str]) ->
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["transformer"]["n_layers"] == 2
-    assert printed["data"]["task"]["class_path"] == "synthetic_data.BurstyClassification"
+    assert printed["data"]["class_path"] == "synthetic_data.SyntheticDataModule"  # the default when `data:` names none
+    assert printed["data"]["init_args"]["task"]["class_path"] == "synthetic_data.BurstyClassification"
     assert printed["seed_everything"] == 0
 
 

@@ -11,6 +11,10 @@ Probes (no gradients, batched, on the module's device, global rank 0 only):
   previous-token, induction, prefix-matching, copying and retrieval scores. Needs a context of
   at least 6 (repeat period >= 3, so induction is not the previous token); shorter contexts
   (the 5-token exemplar task) get ``random``: uniform random tokens, for the previous-token score.
+* ``needle`` (``needle_len > 0``, token data such as natural text): the task probe's sequences
+  with a needle of random tokens hidden at a random depth and repeated at the end
+  (:func:`clamp.metrics.probes.needle_batch`): retrieval accuracy (``curves/needle/acc``) and
+  Wu et al.'s retrieval score per head (``needle/retrieval``).
 
 Scalars go to every logger as ``<probe>/<metric>/L{l}H{h}`` and ``curves/...``; heatmaps are
 images ``heatmap/<probe>/<metric>``; a custom-scalar layout groups the heads of each metric in
@@ -37,6 +41,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from clamp.interventions.engine import intervene
 from clamp.metrics import curves, heads
 from clamp.metrics.phase import detect_phase_change
+from clamp.metrics.probes import needle_batch
 from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
 from clamp.training import masked_loss_and_accuracy
 from synthetic_data.base import batch_rng, model_inputs
@@ -44,7 +49,7 @@ from synthetic_data.repeated_tokens import RepeatedTokens
 
 HEAD_METRICS_FOR_PHASE = (
     "task/induction", "task/query_to_match", "task/label_to_exemplar", "task/prev_token",
-    "repeat/induction", "repeat/prev_token", "random/prev_token",
+    "repeat/induction", "repeat/prev_token", "random/prev_token", "needle/retrieval",
 )
 
 
@@ -75,6 +80,8 @@ class EmergenceCallback(Callback):
         phase_curves: scalar tags to run phase-change detection on at the end (besides the
             per-head curves of the main metrics); defaults to every ``val/*`` tag and ``train/loss``.
         icl_positions: ``(early, late)`` positions for the ICL score; default ``(T // 10, T - 2)``.
+        needle_len: length of the needle-in-a-haystack probe's needle (0: no needle probe).
+        needle_depth: range of the needle's depth as fractions of the context.
     """
 
     def __init__(
@@ -86,12 +93,15 @@ class EmergenceCallback(Callback):
         heatmap_every_n_steps: int = 500,
         phase_curves: list[str] | None = None,
         icl_positions: tuple[int, int] | None = None,
+        needle_len: int = 0,
+        needle_depth: tuple[float, float] = (0.1, 0.5),
     ) -> None:
         if every_n_steps <= 0 or probe_size <= 1:
             raise ValueError(f"every_n_steps must be > 0 and probe_size > 1, got {every_n_steps}, {probe_size}")
         self.every_n_steps, self.probe_size, self.probe_seed = every_n_steps, probe_size, probe_seed
         self.causal, self.heatmap_every_n_steps = causal, heatmap_every_n_steps
         self.phase_curves, self.icl_positions = phase_curves, icl_positions
+        self.needle_len, self.needle_depth = needle_len, needle_depth
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.last_heads: dict[str, np.ndarray] = {}
         self._probes: dict[str, dict[str, torch.Tensor]] | None = None
@@ -116,6 +126,11 @@ class EmergenceCallback(Callback):
             probes["repeat"] = rep.sample(batch_rng(self.probe_seed, 99, 0), self.probe_size, "eval")
         elif vocab >= 2:  # context too short for a meaningful repeat: plain random tokens (previous-token score)
             probes["random"] = _random_tokens(batch_rng(self.probe_seed, 98, 0), self.probe_size, cfg.n_ctx, vocab)
+        if self.needle_len:
+            task = probes.get("task")
+            if task is None or task.get("feature_mask") is not None:
+                raise ValueError(f"EmergenceCallback.needle_len={self.needle_len} needs a DataModule whose eval set is token sequences (e.g. clamp.text.TextDataModule)")
+            probes["needle"] = needle_batch(task["tokens"], self.needle_len, vocab, batch_rng(self.probe_seed, 97, 0), tuple(self.needle_depth))
         return {name: _to(b, pl_module.device) for name, b in probes.items()}
 
     # ------------------------------------------------------------------ measuring
@@ -311,6 +326,7 @@ class EmergenceCallback(Callback):
                     hist.append((trainer.global_step, float(v)))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         self._flush_losses()
@@ -322,7 +338,6 @@ class EmergenceCallback(Callback):
             logger.log_metrics({**flat, **self._final_hp_metrics(trainer, summary)}, step=trainer.global_step)
         for tb in self._tensorboards(trainer):
             tb.add_text("phase_changes", _markdown_table(summary["phase_changes"]), trainer.global_step)
-        log_dir = trainer.log_dir or trainer.default_root_dir
         if log_dir:
             path = Path(log_dir) / "summary.json"
             path.parent.mkdir(parents=True, exist_ok=True)

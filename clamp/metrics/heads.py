@@ -236,10 +236,8 @@ def attention_sink_mass(pattern: PatternInput, mask: torch.Tensor | None = None)
 
 
 def _ov_weights(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """``W_V [L, H, d_model, d_head]`` and ``W_O [L, H, d_head, d_model]`` of every block."""
-    w_v = torch.stack([blk.attn.W_V for blk in model.blocks])
-    w_o = torch.stack([blk.attn.W_O for blk in model.blocks])
-    return w_v, w_o
+    """``W_V [L, H, d_model, d_head]`` and ``W_O [L, H, d_head, d_model]`` of every block (any site model)."""
+    return model.ov_weights()
 
 
 def copying_eigen_score(model) -> torch.Tensor:
@@ -295,7 +293,7 @@ def copying_score(model, batch: Mapping[str, torch.Tensor], cache: Mapping[str, 
     * the head's direct logit effect ``d = LN_frozen(z[b, h, i] @ W_O^h) @ W_U`` (``[d_out]``), where
       ``LN_frozen`` is the final LayerNorm linearised at this forward: centre, divide by the std of
       the final residual stream (``layer{L-1}.resid_post``, eps included) and multiply by its weight;
-      biases are dropped (identity when ``normalization='none'``);
+      biases are dropped (identity when ``normalization='none'``; RMSNorm scales without centring);
     * value ``d[t] - mean_{j != t} d[j]`` (``j`` over all ``d_out`` logits).
 
     The score is the mean of that value over positions with ``loss_mask`` whose source token is a
@@ -314,23 +312,29 @@ def copying_score(model, batch: Mapping[str, torch.Tensor], cache: Mapping[str, 
         valid = batch["loss_mask"].to(dev).bool()
         w_u = model.W_U.detach().float().to(dev)  # [dm, d_out]
         w_u_sum = w_u.sum(dim=1)  # [dm]
-        if cfg.normalization == "layernorm":
+        norm = cfg.normalization
+        if norm in ("layernorm", "rmsnorm"):
             resid = cache[f"layer{cfg.n_layers - 1}.resid_post"].float()
             ln = model.ln_final
-            scale = (resid.var(dim=-1, unbiased=False) + ln.eps).rsqrt()  # [B, T]
+            eps = getattr(ln, "eps", None) or getattr(ln, "variance_epsilon")  # nn.LayerNorm / Hugging Face RMSNorm
+            spread = resid.var(dim=-1, unbiased=False) if norm == "layernorm" else resid.pow(2).mean(-1)
+            scale = (spread + eps).rsqrt()  # [B, T]
             gamma = ln.weight.detach().float().to(dev) if ln.weight is not None else None
         fmask = batch.get("feature_mask")
         fmask = None if fmask is None else fmask.to(dev).bool()
         out = []
-        for l, blk in enumerate(model.blocks):
+        w_o_all = _ov_weights(model)[1].detach().float().to(dev)
+        for l in range(cfg.n_layers):
             src = cache[f"layer{l}.pattern"].float().argmax(dim=-1)  # [B, H, T]
             src_tok = tokens.gather(1, src.flatten(1)).view_as(src)  # [B, H, T]
             ok = valid[:, None, :] & (src_tok < d_out)
             if fmask is not None:
                 ok &= ~fmask.gather(1, src.flatten(1)).view_as(src)
-            res = torch.einsum("bhtd,hdm->bhtm", cache[f"layer{l}.z"].float(), blk.attn.W_O.detach().float())
-            if cfg.normalization == "layernorm":
-                res = (res - res.mean(dim=-1, keepdim=True)) * scale[:, None, :, None]
+            res = torch.einsum("bhtd,hdm->bhtm", cache[f"layer{l}.z"].float(), w_o_all[l])
+            if norm in ("layernorm", "rmsnorm"):
+                if norm == "layernorm":
+                    res = res - res.mean(dim=-1, keepdim=True)
+                res = res * scale[:, None, :, None]
                 if gamma is not None:
                     res = res * gamma
             own = (res * w_u.T[src_tok.clamp(max=d_out - 1)]).sum(-1)  # [B, H, T]

@@ -1,0 +1,97 @@
+"""Probe sets for language models on natural text, and the Wu et al. causal test of retrieval heads.
+
+* :func:`needle_batch`: needle-in-a-haystack. A needle of random tokens from the model's
+  vocabulary is written into real text at a random depth and again at the end of the context;
+  from the second copy's first token on, the model can only predict the rest by retrieving it
+  from the first copy. ``copy_src`` marks where each copied token sits, so
+  :func:`clamp.metrics.heads.retrieval_score` gives Wu et al.'s retrieval score per head (the
+  fraction of correctly copied tokens at which the head's top attention is on that token) and
+  the loss mask scores only the copy steps (``curves/needle/acc`` is retrieval accuracy).
+* :func:`ablation_effect`: retrieval accuracy and loss with a set of heads zero-ablated
+  (through the interventions engine), and :func:`top_vs_random_ablation`, which compares
+  ablating the top-k retrieval heads with ablating k random heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from clamp.metrics import curves
+from synthetic_data.base import model_inputs
+
+
+def needle_batch(haystack: torch.Tensor, needle_len: int, vocab: int, rng: np.random.Generator, depth: tuple[float, float] = (0.1, 0.5)) -> dict[str, torch.Tensor]:
+    """Haystack rows ``[N, T]`` with a random needle at a random depth and repeated at the end.
+
+    The first copy starts at ``p ~ U[depth[0] * T, depth[1] * T)``; the second copy fills the
+    last ``needle_len`` positions. ``loss_mask`` is set at the positions predicting the second
+    copy's tokens 2..L (its first token is the cue); ``copy_src`` holds their source positions.
+    """
+    n, t = haystack.shape
+    if not 2 <= needle_len <= t // 4:
+        raise ValueError(f"needle_len={needle_len} must be in 2..{t // 4} (a quarter of the context {t})")
+    lo, hi = int(depth[0] * t), int(depth[1] * t)
+    if not 0 <= lo < hi <= t - 2 * needle_len:
+        raise ValueError(f"needle depth {depth} does not fit a needle of {needle_len} in a context of {t}")
+    tokens = haystack.clone().long()
+    needles = torch.from_numpy(rng.integers(0, vocab, size=(n, needle_len))).long()
+    p = torch.from_numpy(rng.integers(lo, hi, size=n)).long()
+    q = t - needle_len
+    ar = torch.arange(needle_len)
+    rows = torch.arange(n)[:, None]
+    tokens[rows, p[:, None] + ar] = needles
+    tokens[:, q:] = needles
+    targets = torch.roll(tokens, -1, 1)
+    copy_src = torch.full((n, t), -1, dtype=torch.long)
+    copy_src[:, q : t - 1] = p[:, None] + ar[1:]  # predicting token q + j (j >= 1) copies from p + j
+    loss_mask = copy_src >= 0
+    return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "copy_src": copy_src, "needle_pos": p}
+
+
+def ablation_effect(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], heads: Sequence[tuple[int, int]]) -> dict[str, float]:
+    """Accuracy and loss on ``batch``'s scored positions with ``heads`` (``(layer, head)``) zero-ablated at ``z``."""
+    from clamp.interventions import intervene
+    from clamp.training import masked_loss_and_accuracy
+
+    dev = next(model.parameters()).device
+    b = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    specs = [{"site": f"layer{l}.head{h}.z", "op": {"kind": "zero"}, "name": f"ablate_L{l}H{h}"} for l, h in heads]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), intervene(model, specs):
+            logits = model(*model_inputs(b))
+    finally:
+        model.train(was)
+    loss, _ = masked_loss_and_accuracy(logits, b)
+    return {"acc": float(curves.accuracy(logits, b["targets"], b["loss_mask"])), "loss": float(loss)}
+
+
+def top_vs_random_ablation(
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], scores: torch.Tensor, k: int, n_random: int = 10, seed: int = 0
+) -> dict[str, object]:
+    """Wu et al.'s causal test: ablate the ``k`` heads with the highest ``scores [L, H]`` vs ``k`` random heads.
+
+    Returns the baseline, the top-k result, every random draw and their mean, with the heads used.
+    """
+    n_layers, n_heads = scores.shape
+    if not 1 <= k <= n_layers * n_heads:
+        raise ValueError(f"k={k} must be in 1..{n_layers * n_heads} (the model has {n_layers} x {n_heads} heads)")
+    flat = torch.nan_to_num(scores.float(), nan=-1.0).flatten()
+    top = [divmod(int(i), n_heads) for i in flat.argsort(descending=True)[:k]]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_random):
+        pick = rng.choice(n_layers * n_heads, size=k, replace=False)
+        heads = [divmod(int(i), n_heads) for i in pick]
+        draws.append({"heads": [f"L{l}H{h}" for l, h in heads], **ablation_effect(model, batch, heads)})
+    return {
+        "k": k,
+        "baseline": ablation_effect(model, batch, []),
+        "top": {"heads": [f"L{l}H{h}" for l, h in top], **ablation_effect(model, batch, top)},
+        "random": draws,
+        "random_mean": {m: float(np.mean([d[m] for d in draws])) for m in ("acc", "loss")},
+    }

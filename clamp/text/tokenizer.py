@@ -1,0 +1,80 @@
+"""Tokenizers for natural text: a Hugging Face tokenizer by name/path, or a byte-level BPE trained on the corpus.
+
+Both are wrapped in :class:`TextTokenizer` (``encode_batch``, ``vocab_size``, ``eos_id``, ``save``),
+so the DataModule never branches on where the tokenizer came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+EOS = "<|endoftext|>"
+
+
+class TextTokenizer:
+    """Either a ``tokenizers.Tokenizer`` (trained here) or a ``transformers`` tokenizer (loaded)."""
+
+    def __init__(self, backend, *, hf: bool) -> None:  # noqa: ANN001 (tokenizers.Tokenizer | PreTrainedTokenizerBase)
+        self.backend, self.hf = backend, hf
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.backend) if self.hf else self.backend.get_vocab_size()
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.backend.eos_token_id if self.hf else self.backend.token_to_id(EOS)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self.hf:
+            return self.backend(texts, add_special_tokens=False)["input_ids"]
+        return [e.ids for e in self.backend.encode_batch(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids)
+
+    def save(self, directory: str | Path) -> None:
+        """Write the tokenizer to ``directory`` (``tokenizer.json``, or the HF tokenizer files)."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        if self.hf:
+            self.backend.save_pretrained(str(directory))
+        else:
+            self.backend.save(str(Path(directory) / "tokenizer.json"))
+
+
+def load_pretrained(name_or_path: str) -> TextTokenizer:
+    """A ``transformers`` tokenizer (local directory, or a hub name on a machine that reaches it)."""
+    from transformers import AutoTokenizer
+
+    return TextTokenizer(AutoTokenizer.from_pretrained(name_or_path), hf=True)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, min_frequency: int = 2) -> TextTokenizer:
+    """Train a byte-level BPE (GPT-2 style) on ``texts`` and save it as ``path`` (tokenizer.json)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    if vocab_size < 257 + 1:
+        raise ValueError(f"TextDataModule.vocab_size={vocab_size}: a byte-level BPE needs at least 258 (256 bytes + {EOS} + merges)")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_batches(texts), vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS], show_progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(path))
+    return load_trained(path)
+
+
+def load_trained(path: Path) -> TextTokenizer:
+    from tokenizers import Tokenizer
+
+    return TextTokenizer(Tokenizer.from_file(str(path)), hf=False)
+
+
+def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for t in texts:
+        batch.append(t)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,122 @@
+"""Natural-text DataModule: local files in three formats, BPE cached, exact packing, exactly-once sharding."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from clamp.text import TextDataModule
+from clamp.text.datamodule import StreamingBlockStream
+
+WORDS = "in the beginning god created heaven and earth was without form void darkness upon face of deep spirit moved waters".split()
+
+
+def corpus(n_docs: int = 120, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(n_docs)]
+
+
+@pytest.fixture(scope="module")
+def text_dm(tmp_path_factory: pytest.TempPathFactory) -> TextDataModule:
+    root = tmp_path_factory.mktemp("text")
+    (root / "kjv.txt").write_text("\n\n".join(corpus()))
+    return TextDataModule(str(root / "kjv.txt"), n_ctx=16, batch_size=4, vocab_size=300, eval_size=8, cache_dir=str(root / "cache"))
+
+
+def test_blocks_pack_the_corpus_exactly(text_dm: TextDataModule) -> None:
+    dm = text_dm
+    assert dm.spec.d_vocab == 300 and dm.spec.n_ctx == 16
+    eos = dm.tokenizer.eos_id
+    assert int((dm.tokens == eos).sum()) == 120  # one end-of-text per paragraph
+    assert dm.tokenizer.decode(dm.tokens[: np.flatnonzero(dm.tokens == eos)[0]].tolist()) == corpus()[0]
+    ev = dm.eval_set()
+    assert ev["tokens"].shape == (8, 16) and ev["loss_mask"].all()
+    assert torch.equal(ev["tokens"][:, 1:], ev["targets"][:, :-1])
+    for row, b in zip(ev["tokens"], ev["index"]):
+        assert torch.equal(row, torch.from_numpy(dm.tokens[int(b) * 16 : int(b) * 16 + 16].astype(np.int64)))
+    assert not set(dm.train_blocks) & set(dm.eval_blocks)
+    assert len(dm.train_blocks) + len(dm.eval_blocks) == (len(dm.tokens) - 1) // 16
+
+
+def _indices(stream, n_batches: int, workers: int) -> list[list[int]]:
+    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+    out = []
+    for batch, _ in zip(loader, range(n_batches)):
+        out.append(batch["index"].tolist())
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ranks_and_workers_see_every_block_once_and_match_one_big_batch(text_dm: TextDataModule, workers: int) -> None:
+    dm = text_dm
+    n = len(dm.train_blocks)
+    steps = -(-n // 8) + 2  # a little over one epoch at a global batch of 8
+    ranks = [_indices(dm.train_stream(rank_world=(r, 2)), steps, workers) for r in (0, 1)]
+    dm.batch_size = 8
+    try:
+        single = _indices(dm.train_stream(rank_world=(0, 1)), steps, 0)
+    finally:
+        dm.batch_size = 4
+    for k in range(steps):  # 2 ranks x batch 4 == 1 process x batch 8, step by step
+        assert ranks[0][k] + ranks[1][k] == single[k]
+    stream = [i for batch in single for i in batch]
+    assert sorted(stream[:n]) == sorted(dm.train_blocks.tolist())  # first epoch: each block exactly once
+    assert stream[:n] != sorted(stream[:n])  # and shuffled
+    assert len(set(stream[n:])) == len(stream[n:])  # the second epoch starts a fresh permutation
+    resumed = _indices(dm.train_stream(start=3, rank_world=(1, 2)), 2, 0)
+    assert resumed == ranks[1][3:5]  # a resumed run continues the same stream
+
+
+def test_bpe_is_cached_and_formats_and_hf_tokenizers_agree(text_dm: TextDataModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clamp.text.datamodule as mod
+
+    monkeypatch.setattr(mod, "train_bpe", lambda *a, **k: pytest.fail("the cached BPE should have been reused"))
+    again = TextDataModule(text_dm.path, n_ctx=16, batch_size=4, vocab_size=300, eval_size=8, cache_dir=str(text_dm.cache_dir))
+    assert np.array_equal(again.tokens, text_dm.tokens)
+    monkeypatch.undo()
+
+    docs = corpus()
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"body": d}) for d in docs))
+    from transformers import PreTrainedTokenizerFast
+
+    hf_dir = tmp_path / "hf_tok"
+    PreTrainedTokenizerFast(tokenizer_object=text_dm.tokenizer.backend, eos_token="<|endoftext|>").save_pretrained(hf_dir)
+    js = TextDataModule(str(tmp_path / "c.jsonl"), n_ctx=16, text_field="body", tokenizer=str(hf_dir), eval_size=8, cache_dir=str(tmp_path / "cache"))
+    assert np.array_equal(js.tokens, text_dm.tokens)  # json + HF tokenizer == text + trained BPE
+
+    import datasets
+
+    datasets.Dataset.from_dict({"text": docs}).to_parquet(str(tmp_path / "c.parquet"))
+    pq = TextDataModule(str(tmp_path / "c.parquet"), n_ctx=16, tokenizer=str(hf_dir), eval_size=8, cache_dir=str(tmp_path / "cache"))
+    assert np.array_equal(pq.tokens, text_dm.tokens)
+
+    with pytest.raises(KeyError, match="text_field='text'.*body"):
+        TextDataModule(str(tmp_path / "c.jsonl"), n_ctx=16, tokenizer=str(hf_dir), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="sample_by='words'"):
+        TextDataModule(text_dm.path, sample_by="words")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="streaming=True is for hub datasets"):
+        TextDataModule(text_dm.path, streaming=True, cache_dir=str(tmp_path / "cache"))
+
+
+def test_streamed_blocks_follow_the_same_sharding_rule(text_dm: TextDataModule, tmp_path: Path) -> None:
+    import datasets
+
+    (tmp_path / "s.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in corpus()))
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "s.jsonl"), split="train", streaming=True, cache_dir=str(tmp_path / "c")).shuffle(seed=0, buffer_size=50)
+
+    def stream(rank: int, world: int, bs: int) -> list[dict[str, torch.Tensor]]:
+        it = iter(StreamingBlockStream(ds, text_dm.tokenizer, "text", 16, bs, rank_world=(rank, world)))
+        return [next(it) for _ in range(20)]
+
+    r0, r1, single = stream(0, 2, 4), stream(1, 2, 4), stream(0, 1, 8)
+    for a, b, s in zip(r0, r1, single):
+        assert torch.equal(torch.cat([a["tokens"], b["tokens"]]), s["tokens"])
+    assert torch.cat([s["index"] for s in single]).tolist() == list(range(160))
+    # consecutive blocks overlap by one token: the stream is packed without gaps
+    assert single[0]["tokens"][1, 0] == single[0]["targets"][0, -1]
