@@ -30,9 +30,12 @@ class ClampCLI(LightningCLI):
         parser.add_argument("--experiment", type=str, default="default", help="Run name: logs go to runs/<experiment>/<version>/.")
         parser.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: torch's default). Tiny models run fastest with 1.")
         parser.link_arguments("data.spec", "model.task", apply_on="instantiate")
-        parser.link_arguments("seed_everything", "data.init_args.seed")
         parser.set_defaults({"trainer.logger": DEFAULT_LOGGER, "seed_everything": 0})
-        parser.set_defaults({"data": {"class_path": "synthetic_data.SyntheticDataModule"}})  # a bare `data:` block means this
+        if self.subclass_mode_data:  # `clamp fit`: any DataModule; a bare `data:` block means SyntheticDataModule
+            parser.link_arguments("seed_everything", "data.init_args.seed")
+            parser.set_defaults({"data": {"class_path": "synthetic_data.SyntheticDataModule"}})
+        else:  # a caller that fixed the DataModule class
+            parser.link_arguments("seed_everything", "data.seed")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
