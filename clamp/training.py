@@ -33,10 +33,19 @@ class OptimizerConfig:
     total_steps: int = 0  # cosine length; 0 -> trainer.max_steps
 
     def validate(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}; valid: 'constant', 'cosine'")
-        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"invalid optimizer config {self}")
+        checks = [
+            ("schedule", self.schedule in ("constant", "cosine"), "valid: 'constant', 'cosine'"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "must be a finite number > 0"),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "must be >= 0"),
+            ("beta1", 0 <= self.beta1 < 1, "must be in [0, 1)"),
+            ("beta2", 0 <= self.beta2 < 1, "must be in [0, 1)"),
+            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
+            ("total_steps", self.total_steps >= 0, "must be >= 0 (0: trainer.max_steps)"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"model.optimizer.{name}={getattr(self, name)!r}: {rule}")
 
     def lr_factor(self, step: int, total: int) -> float:
         """Multiplier on ``lr`` at optimizer step ``step``."""
@@ -46,6 +55,10 @@ class OptimizerConfig:
             return 1.0
         progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss: the run stops instead of training NaNs to the end."""
 
 
 def masked_loss_and_accuracy(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +73,10 @@ def masked_loss_and_accuracy(logits: torch.Tensor, batch: dict[str, torch.Tensor
 
 class TrainingModule(L.LightningModule):
     """Trains a site model on a task; logs ``train/*`` and ``val/<split>/*`` to TensorBoard.
+
+    A divergence guard stops training with :class:`DivergenceError` once the training loss is not
+    finite (checked every ``trainer.log_every_n_steps`` steps and before each validation, from a
+    flag kept on the device, so it costs no extra synchronisation per step).
 
     Args:
         transformer: the project's :class:`models.Transformer`; sizes left at 0 are filled from ``task``.
@@ -92,12 +109,16 @@ class TrainingModule(L.LightningModule):
             self.model = Transformer(self.model_config)
             hparams["transformer"] = asdict(transformer)
         self.save_hyperparameters(hparams)
+        self._nonfinite: torch.Tensor | None = None  # device flag: a non-finite loss since the last check
+        self._last_finite_check = 0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(*model_inputs(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, acc = masked_loss_and_accuracy(self(batch), batch)
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc)
         # papers often count training sequences, not steps (Singh et al. 2024): log the conversion
@@ -109,6 +130,29 @@ class TrainingModule(L.LightningModule):
         trainer = self._trainer
         world, accumulate = (trainer.world_size, trainer.accumulate_grad_batches) if trainer is not None else (1, 1)
         return int(batch["tokens"].shape[0]) * world * accumulate
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self._check_finite()
+
+    def on_validation_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Raise on every rank at once if any rank saw a non-finite training loss since the last check."""
+        if self._nonfinite is None:
+            return
+        diverged = self.trainer.strategy.reduce_boolean_decision(bool(self._nonfinite), all=False)
+        self._nonfinite = None
+        step, since = self.trainer.global_step, self._last_finite_check
+        self._last_finite_check = step
+        if diverged:
+            raise DivergenceError(
+                f"training diverged: train/loss became nan/inf between steps {since} and {step} "
+                f"(model.optimizer.lr={self.optimizer_config.lr:g}); lower model.optimizer.lr, raise "
+                "model.optimizer.warmup_steps, or set trainer.gradient_clip_val"
+            )
 
     def _split_name(self, dataloader_idx: int) -> str:
         names = getattr(getattr(self.trainer, "datamodule", None), "eval_split_names", None)

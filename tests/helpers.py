@@ -56,12 +56,14 @@ class RankFingerprint(Callback):
 
         params = sum(float(p.double().sum()) for p in pl_module.model.parameters())
         means = 0.0
+        released: dict[str, int] = {}
         for cb in trainer.callbacks:
             engine = getattr(cb, "engine", None)
             if engine is not None:
+                released.update(engine.released)
                 for state in engine.state.values():
                     means += sum(float(t.double().sum()) for t in state.get("running_mean", {}).values())
-        out = {"rank": trainer.global_rank, "world": trainer.world_size, "step": trainer.global_step, "params": params, "running_means": means}
+        out = {"rank": trainer.global_rank, "world": trainer.world_size, "step": trainer.global_step, "params": params, "running_means": means, "released": released}
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
 
@@ -81,3 +83,16 @@ class LossTrace(Callback):
 
         if trainer.is_global_zero:
             Path(self.out_path).write_text(json.dumps(self.losses))
+
+
+class SendSignal(Callback):
+    """Sends ``signum`` to this process after optimizer step ``step`` (a preemption at a known point)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        import os
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

@@ -52,7 +52,7 @@ def test_print_config_shows_every_section(capsys: pytest.CaptureFixture[str]) ->
     assert printed["seed_everything"] == 0
 
 
-def test_bad_intervention_in_yaml_fails_before_training(tmp_path: Path) -> None:
+def test_bad_intervention_in_yaml_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(
         yaml.safe_dump(
@@ -65,9 +65,12 @@ def test_bad_intervention_in_yaml_fails_before_training(tmp_path: Path) -> None:
             }
         )
     )
-    with pytest.raises(KeyError, match=r"layer0\.head1\.zz.*\n.*embed"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", *_shrink(tmp_path), "--config", str(cfg)])
-    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "layer0.head1.zz" in err[0] and "embed" in err[0]  # one line, with the valid sites
+    assert not (tmp_path / "runs").exists()  # no empty run folder
 
 
 def test_schedule_typos_are_rejected_by_the_parser(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,3 +118,76 @@ def test_bf16_mixed_precision_with_interventions(tmp_path: Path) -> None:
     main(["fit", *_shrink(tmp_path, steps=10), "--config", str(cfg), "--experiment", "bf16"])
     summary = json.loads((tmp_path / "runs" / "bf16" / "version_0" / "summary.json").read_text())
     assert summary["step"] == 10 and len(summary["interventions"]) == 3
+
+
+def _signal_config(tmp_path: Path, extra: list[dict]) -> str:
+    callbacks = yaml.safe_load(DEFAULT.read_text())["trainer"]["callbacks"]
+    for cb in callbacks:
+        if cb["class_path"] == "clamp.EmergenceCallback":
+            cb["init_args"].update(every_n_steps=5, probe_size=8, heatmap_every_n_steps=0, causal=False)
+    clamps = {"class_path": "clamp.ClampCallback", "init_args": {"interventions": [
+        {"site": "layer1.head1.z", "op": {"kind": "mean", "over": "running", "momentum": 0.3}},
+        {"site": "layer0.head0.z", "op": {"kind": "noise", "std": 0.3}}]}}
+    path = tmp_path / f"signal{len(list(tmp_path.glob('signal*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": [*callbacks, clamps, *extra]}}))
+    return str(path)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signal_saves_checkpoint_and_incomplete_summary_and_resume_matches(tmp_path: Path, signame: str) -> None:
+    import signal
+
+    import torch
+
+    signum = int(getattr(signal, signame))
+    common = [*_shrink(tmp_path, steps=10), "--trainer.val_check_interval", "5"]
+    stop = {"class_path": "tests.helpers.SendSignal", "init_args": {"step": 7, "signum": signum}}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *common, "--config", _signal_config(tmp_path, [stop]), "--experiment", "cut"])
+    assert exit_info.value.code == 128 + signum
+    run = tmp_path / "runs" / "cut" / "version_0"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 7  # the step the signal arrived at, not the last validation (5)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and summary["stopped"] == f"interrupted by {signame}"
+    if signame == "SIGINT":
+        return  # the same mechanism; the resume check below runs once
+    main(["fit", *common, "--config", _signal_config(tmp_path, []), "--experiment", "cut", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    main(["fit", *common, "--config", _signal_config(tmp_path, []), "--experiment", "full"])
+    resumed = torch.load(tmp_path / "runs" / "cut" / "version_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    full = torch.load(tmp_path / "runs" / "full" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == full["global_step"] == 10
+    for k, v in full["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][k], v), k
+    assert json.loads((tmp_path / "runs" / "cut" / "version_1" / "summary.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (["--model.optimizer.lr", "0"], "model.optimizer.lr=0.0: must be a finite number > 0"),
+        (["--experiment", "../../escape"], "experiment='../../escape': must be a relative folder name under runs/"),
+        (["--trainer.max_steps", "abc"], "trainer.max_steps: Expected a <class 'int'>"),
+    ],
+)
+def test_errors_are_one_line_without_traceback_and_leave_no_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], expect: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_shrink(tmp_path), *extra])
+    assert exit_info.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("clamp:") or "Traceback" in ln or "usage:" in ln]
+    assert err == [f"clamp: error: {err[0].removeprefix('clamp: error: ')}"] and expect in err[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_empty_config_file_and_debug_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(empty)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"clamp: error: --config {str(empty)!r} is empty: expected a mapping with model/data/trainer sections"
+    with pytest.raises(ValueError, match="model.optimizer.lr"):  # --debug: the real exception, with its traceback
+        main(["fit", *_shrink(tmp_path), "--model.optimizer.lr", "0", "--debug"])
+    monkeypatch.setenv("CLAMP_DEBUG", "1")
+    with pytest.raises(ValueError, match="model.optimizer.lr"):
+        main(["fit", *_shrink(tmp_path), "--model.optimizer.lr", "0"])

@@ -144,7 +144,7 @@ def test_mean_over_batch_and_positions(model: Transformer) -> None:
     assert torch.allclose(got, x.mean(dim=(0, 1)).expand_as(x), atol=ATOL)
 
 
-def test_running_mean_ema_updates_once_per_train_forward_per_head(model: Transformer) -> None:
+def test_running_mean_ema_updates_once_per_optimizer_step_per_head(model: Transformer) -> None:
     z1, z2, z3 = (cache(model, ["layer0.z"], t)["layer0.z"] for t in (TOK, TOK2, TOK3))
     mom = 0.25
     engine = InterventionEngine(model, [{"site": "layer0.head*.z", "op": {"kind": "mean", "over": "running", "momentum": mom}}])
@@ -155,6 +155,7 @@ def test_running_mean_ema_updates_once_per_train_forward_per_head(model: Transfo
     engine.set_mode("train")
     engine.update(0)
     got1 = cache(model, ["layer0.z"], TOK)["layer0.z"]
+    engine.update(1)
     got2 = cache(model, ["layer0.z"], TOK2)["layer0.z"]
     engine.set_mode("val")  # validation reads the EMA without updating it
     got3 = cache(model, ["layer0.z"], TOK3)["layer0.z"]
@@ -165,6 +166,24 @@ def test_running_mean_ema_updates_once_per_train_forward_per_head(model: Transfo
     assert torch.allclose(got2, ema.expand_as(z2), atol=ATOL)
     assert torch.allclose(got3, ema.expand_as(z3), atol=ATOL)
     del z3
+
+
+def test_running_mean_micro_batches_of_one_step_make_one_update(model: Transformer) -> None:
+    """accumulate_grad_batches: the micro-batches of a step are averaged, then the EMA moves once."""
+    z1, z2, z3 = (cache(model, ["layer0.z"], t)["layer0.z"] for t in (TOK, TOK2, TOK3))
+    mom = 0.25
+    engine = InterventionEngine(model, [{"site": "layer0.z", "op": {"kind": "mean", "over": "running", "momentum": mom}}])
+    engine.update(0)
+    cache(model, ["layer0.z"], TOK)
+    engine.update(1)
+    cache(model, ["layer0.z"], TOK2)  # two micro-batches of step 1
+    cache(model, ["layer0.z"], TOK3)
+    engine.set_mode("val")
+    got = cache(model, ["layer0.z"], TOK)["layer0.z"]
+    engine.detach()
+    m1 = z1.mean(0)
+    want = m1 + mom * ((z2.mean(0) + z3.mean(0)) / 2 - m1)
+    assert torch.allclose(got, want.expand_as(got), atol=ATOL)
 
 
 def test_resample_is_a_cyclic_shift_of_the_batch_on_the_selected_head(model: Transformer) -> None:
@@ -453,7 +472,7 @@ def test_grad_only_on_every_head_keeps_every_gradient(model: Transformer) -> Non
 
 @pytest.mark.parametrize("kind", ["freeze", "grad_only", "zero", "mean", "constant", "scale"])
 def test_ops_on_attention_scores_keep_the_causal_mask(model: Transformer, kind: str) -> None:
-    op = {"kind": kind, **({"k": 0.0} if kind == "scale" else {})}
+    op = {"kind": kind, **({"k": 0.0} if kind == "scale" else {}), **({"value": 0.0} if kind == "constant" else {})}
     clean = cache(model, ["layer0.pattern"])["layer0.pattern"]
     with intervene(model, [{"site": "layer0.head1.attn_scores", "op": op}]):
         out, g = grads_of(model)
@@ -527,15 +546,13 @@ def test_unknown_op_kind_and_param(model: Transformer) -> None:
         InterventionEngine(model, [{"site": "layer0.z", "op": {"kind": "constant", "value": "/nonexistent/v.npy"}}])
 
 
-def test_constant_shape_mismatch_names_site_and_shapes(model: Transformer) -> None:
-    with intervene(model, [{"site": "layer0.resid_mid", "op": {"kind": "constant", "value": [1.0] * 7}}]):
-        with pytest.raises(ValueError) as e:
-            model(TOK)
+def test_constant_shape_mismatch_fails_at_setup_naming_intervention_site_and_shapes(model: Transformer) -> None:
+    with pytest.raises(ValueError) as e:  # shapes are known when the intervention is bound: no forward needed
+        InterventionEngine(model, [{"site": "layer0.resid_mid", "op": {"kind": "constant", "value": [1.0] * 7}, "name": "c7"}])
     msg = str(e.value)
-    assert "layer0.resid_mid" in msg and "[8, 32]" in msg and "[7]" in msg
-    with intervene(model, [{"site": "layer0.head1.pattern", "op": {"kind": "constant", "value": torch.zeros(H, T, T).tolist()}}]):
-        with pytest.raises(ValueError) as e:
-            model(TOK)
+    assert "intervention 0 (c7)" in msg and "layer0.resid_mid" in msg and "[8, 32]" in msg and "[7]" in msg
+    with pytest.raises(ValueError) as e:
+        InterventionEngine(model, [{"site": "layer0.head1.pattern", "op": {"kind": "constant", "value": torch.zeros(H, T, T).tolist()}}])
     msg = str(e.value)
     assert "layer0.pattern" in msg and "head 1" in msg and "[8, 8]" in msg and "[4, 8, 8]" in msg
     # a value that only broadcasts *jointly* with the site (it would change the activation's shape) is refused

@@ -5,12 +5,14 @@ sites, ops or schedules fail before the first step; references are loaded in ``o
 on the module's device (each DDP rank holds its own); hooks are removed in ``teardown``.
 The checkpointed state holds the release steps of metric-driven schedules, running means and
 the run's initial weights when a ``reference: init`` clamp needs them, so a resumed run
-continues exactly as an uninterrupted one.
+continues exactly as an uninterrupted one. That state is keyed per intervention name: editing,
+adding or removing one intervention before resuming leaves the others' state untouched, and
+the resumed run says what changed and what happens to each intervention's state.
 """
 
 from __future__ import annotations
 
-import hashlib
+import difflib
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -20,6 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from clamp.interventions.engine import Intervention, InterventionEngine, as_intervention
 
@@ -43,6 +46,8 @@ class ClampCallback(Callback):
         log_alpha: log each intervention's alpha as ``clamp/alpha/<name>`` so curves can be read against it.
     """
 
+    STATE_KEY = "ClampCallback"
+
     def __init__(self, interventions: list[Intervention], seed: int = 0, log_alpha: bool = True) -> None:
         self.interventions = [as_intervention(i) for i in interventions]
         self.seed = seed
@@ -52,21 +57,44 @@ class ClampCallback(Callback):
         self._pending: dict[str, Any] | None = None
         self._last_metrics: dict[str, float] = {}
         self._last_alphas: tuple[int | None, dict[str, float] | None] = (None, None)
+        self._until_checked = False
+        self._task_checked = False
+        self._resumed_without_state = False
 
     @property
     def state_key(self) -> str:
-        digest = hashlib.sha1(json.dumps([asdict(i) for i in self.interventions], sort_keys=True, default=str).encode()).hexdigest()[:10]
-        return f"ClampCallback[{digest}]"
+        # one stable key: the state inside is keyed per intervention, so editing the list does not orphan it
+        return self.STATE_KEY
 
     def config_summary(self) -> list[dict[str, Any]]:
         """Plain-data description of the interventions (for hparams / reports)."""
         return [asdict(i) for i in self.interventions]
 
-    # ------------------------------------------------------------------ lifecycle
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    # ------------------------------------------------------------------ validation
+    def check(self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: Any = None) -> None:
+        """Validate everything knowable before training (sites, ops, shapes, batch fields of the task,
+        schedules against ``max_steps``, reference files) without touching the run folder; idempotent."""
         if self.engine is None:
             self.engine = InterventionEngine(pl_module.model, self.interventions, seed=self.seed)
-            self._check_task_fields(getattr(getattr(trainer, "datamodule", None), "task", None))
+        task = getattr(datamodule or getattr(trainer, "datamodule", None), "task", None)
+        if task is not None and not self._task_checked:
+            self._check_task_fields(task)
+            self._task_checked = True
+        max_steps = int(getattr(trainer, "max_steps", -1) or -1)
+        for b in self.engine.bound:
+            first = b.spec.schedule.bounds()[0]
+            if max_steps > 0 and first >= max_steps:
+                raise ValueError(
+                    f"intervention {b.index} ({b.spec.label}).schedule: starts at step {first} but trainer.max_steps "
+                    f"is {max_steps}, so it would never be active; start it earlier or raise max_steps"
+                )
+        paths = [k for k in self.engine.reference_keys() if k != "init"]
+        if paths:  # read and check reference files now (the init reference needs the initial weights later)
+            self.engine.load_references(keys=paths)
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.check(trainer, pl_module)
         if self._pending is not None:
             self._apply_state(self._pending)
             self._pending = None
@@ -85,16 +113,32 @@ class ClampCallback(Callback):
             users = sorted({b.spec.label for b in self.engine.bound if set(b.fields) & set(missing) or (b.nested is not None and set(b.nested.needed_fields()) & set(missing))})
             raise ValueError(f"interventions {users} need batch field(s) {missing}, which task {type(task).__name__} does not provide; its batches have {sorted(fields)}")
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        legacy = [k for k in states if isinstance(k, str) and k.startswith(self.STATE_KEY + "[")]
+        if len(legacy) == 1:  # older checkpoints keyed the state by a hash of the whole list
+            states[self.state_key] = states.pop(legacy[0])
+            return
+        self._resumed_without_state = True
+        rank_zero_warn(f"resuming from a checkpoint without clamp state: all {len(self.interventions)} intervention(s) start fresh")
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.engine is not None
-        if "init" in self.engine.reference_keys() and self._init_state is None:
+        init_users = [b.spec.label for b in self.engine.bound if getattr(b.op, "reference", None) == "init"]
+        if init_users and self._init_state is None:
             if trainer.ckpt_path is not None:  # weights are already the checkpoint's here, not the init
-                raise RuntimeError("a `reference: init` clamp needs the run's initial weights, but this run resumed from a checkpoint that does not hold them")
+                raise RuntimeError(
+                    f"intervention(s) {init_users} use `reference: init`, but the checkpoint {str(trainer.ckpt_path)!r} was "
+                    "written by a run without a `reference: init` clamp, so it does not hold the run's initial weights; "
+                    "start the run from scratch (same seed: same init) or point `reference` at a checkpoint file"
+                )
             self._init_state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
         self.engine.load_references(self._init_state, device=pl_module.device)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.engine is not None and not self.engine.references and self.engine.reference_keys():
+        if self.engine is not None and not all(k in self.engine.references for k in self.engine.reference_keys()):
             self.engine.load_references(self._init_state, device=pl_module.device)  # validate-only runs
         self._set(trainer, "val")
 
@@ -104,7 +148,26 @@ class ClampCallback(Callback):
         self._last_metrics.update(_scalar_metrics(trainer.callback_metrics))
         # latch releases now, before a checkpoint of this validation is written
         self.engine.observe(trainer.global_step, self._last_metrics)
+        if trainer.world_size > 1:  # rank 0 sees every metric (probes run there): all ranks follow its decisions
+            self._last_metrics, self.engine.released = trainer.strategy.broadcast((self._last_metrics, self.engine.released), src=0)
+        if not trainer.sanity_checking and not self._until_checked:
+            self._until_checked = True
+            self._check_until_metrics(trainer.global_step)
         self.engine.set_mode("train")
+
+    def _check_until_metrics(self, step: int) -> None:
+        """Fail at the first validation when an ``until`` metric was never logged (a typo would never release)."""
+        assert self.engine is not None
+        for b in self.engine.bound:
+            cond = b.spec.schedule.until
+            if cond is None or cond.metric in self._last_metrics or b.spec.label in self.engine.released:
+                continue
+            close = difflib.get_close_matches(cond.metric, list(self._last_metrics), n=3, cutoff=0.5)
+            hint = f"did you mean {close}?" if close else f"logged so far: {sorted(k for k in self._last_metrics if '/L' not in k)[:12]}"
+            raise ValueError(
+                f"intervention {b.index} ({b.spec.label}).schedule.until.metric={cond.metric!r} was not logged by the first "
+                f"validation (step {step}), so it could never release; {hint}"
+            )
 
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.engine is not None:
@@ -168,6 +231,7 @@ class ClampCallback(Callback):
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"last_metrics": dict(self._last_metrics)}
+        state["specs"] = {i.label: _spec_json(i) for i in self.interventions}
         if self.engine is not None:
             state["engine"] = self.engine.state_dict()
         if self._init_state is not None:
@@ -181,8 +245,62 @@ class ClampCallback(Callback):
             self._apply_state(state_dict)
 
     def _apply_state(self, state: dict[str, Any]) -> None:
+        """Restore per-intervention state, keeping each piece only while what it depends on is unchanged."""
         assert self.engine is not None
         self._last_metrics = dict(state.get("last_metrics", {}))
-        self.engine.load_state_dict(state.get("engine", {}))
         if "init_state" in state:
             self._init_state = state["init_state"]
+        saved_specs: dict[str, str] = state.get("specs") or {}
+        engine_state = state.get("engine", {})
+        released = dict(engine_state.get("released", {}))
+        means = dict(engine_state.get("running_mean", {}))
+        if not saved_specs:  # older checkpoint: restore by name, as before
+            self.engine.load_state_dict(engine_state)
+            return
+        keep_released: dict[str, int] = {}
+        keep_means: dict[str, Any] = {}
+        notes: list[str] = []
+        for spec in self.interventions:
+            label = spec.label
+            if label not in saved_specs:
+                notes.append(f"{label!r} is new: starts fresh")
+                continue
+            old = json.loads(saved_specs[label])
+            new = json.loads(_spec_json(spec))
+            changed = _diff(old, new)
+            kept, dropped = [], []
+            if label in released:
+                if old.get("schedule", {}).get("until") == new.get("schedule", {}).get("until"):
+                    keep_released[label] = released[label]
+                    kept.append(f"released at step {released[label]}")
+                else:
+                    dropped.append(f"release at step {released[label]} dropped (until changed; re-armed)")
+            if means.get(label):
+                same_mean = (old["site"], old["op"].get("kind"), old["op"].get("over")) == (new["site"], new["op"].get("kind"), new["op"].get("over"))
+                if same_mean:
+                    keep_means[label] = means[label]
+                    kept.append("running mean kept")
+                else:
+                    dropped.append("running mean restarted (site or op changed)")
+            if changed:
+                what = "; ".join(kept + dropped) or "no saved state"
+                notes.append(f"{label!r} changed ({', '.join(changed)}): {what}")
+        removed = sorted(set(saved_specs) - {i.label for i in self.interventions})
+        notes += [f"{label!r} was removed: its saved state is dropped" for label in removed]
+        self.engine.load_state_dict({"released": keep_released, "running_mean": keep_means})
+        if notes:
+            rank_zero_warn("resuming with edited interventions: " + " | ".join(notes))
+
+
+def _spec_json(spec: Intervention) -> str:
+    return json.dumps(asdict(spec), sort_keys=True, default=str)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths whose values differ between two plain-data specs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from functools import partial
@@ -29,9 +31,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
-from clamp.interventions.ops import Op, OpContext, PassSpec, make_op
+from clamp.interventions.ops import Op, OpContext, PassSpec, make_op, unpickling_reason
 from clamp.interventions.schedules import MetricCondition, Schedule, Window
 from clamp.interventions.transforms import get_transform
 from models.sites import Site
@@ -122,33 +125,61 @@ def _selection_overlaps(a: Bound, b: Bound) -> bool:
 
 
 def _time_overlaps(a: Schedule, b: Schedule) -> bool:
-    (s1, e1), (s2, e2) = a.bounds(), b.bounds()
-    return s1 < e2 and s2 < e1
+    return a.overlaps(b)
 
 
 def load_reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights (and hyper-parameters, if the file has them) from a Lightning checkpoint, a
-    ``state_dict`` file, or a safetensors file."""
+    ``state_dict`` file, or a safetensors file (hyper-parameters as JSON in its metadata).
+
+    Loading is safe: ``torch.load(weights_only=True)`` refuses pickled code, so a planted file can
+    not run anything; a file that is not a checkpoint fails with its path in the message.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"reference checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if path.is_dir():
+        raise ValueError(f"reference checkpoint {str(path)!r} is a directory, not a checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
 
-        return load_file(str(path)), {}
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    hparams = obj.get("hyper_parameters", {}) if isinstance(obj, dict) else {}
+            with safe_open(str(path), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+                meta = f.metadata() or {}
+            hparams = json.loads(meta["hyper_parameters"]) if "hyper_parameters" in meta else {}
+            return state, hparams
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"reference checkpoint {str(path)!r} holds Python objects besides tensors and was refused by the safe "
+            f"loader (torch.load weights_only=True: {unpickling_reason(e)}); save plain weights (a state_dict or .safetensors)"
+        ) from None
+    except Exception as e:  # truncated / corrupt / not a checkpoint at all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "corrupt file"
+        raise ValueError(f"reference checkpoint {str(path)!r} could not be read ({type(e).__name__}: {first})") from None
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"reference checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state_dict or a Lightning checkpoint")
+    state = obj.get("state_dict", obj)
+    hparams = obj.get("hyper_parameters", {})
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"reference checkpoint {str(path)!r} is not a state_dict of tensors")
     if any(k.startswith("model.") for k in state):  # TrainingModule wraps the transformer as `.model`
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    return state, dict(hparams or {})
+    return dict(state), dict(hparams or {})
 
 
 def check_reference_architecture(model: nn.Module, hparams: Mapping[str, Any], origin: str) -> None:
     """Catch architectures whose weights have the same shapes but a different meaning (e.g. 4 heads
     of 16 vs 8 heads of 8 dims), which the shape check alone cannot see."""
     cfg = getattr(model, "cfg", None)
-    if not isinstance(cfg, TransformerConfig) or "transformer" not in hparams or "task" not in hparams:
+    if not isinstance(cfg, TransformerConfig):
+        return
+    if "transformer" not in hparams or "task" not in hparams:
+        rank_zero_warn(
+            f"reference {origin!r} carries no architecture config (a bare state_dict or .safetensors): only parameter "
+            "shapes can be checked, not e.g. the number of heads. Prefer the reference run's Lightning .ckpt"
+        )
         return
     task = hparams["task"]
     ref = TransformerConfig(**hparams["transformer"]).resolved(
@@ -211,20 +242,22 @@ class InterventionEngine:
             try:
                 targets = model.resolve_sites(spec.site)
                 op = make_op(spec.op)
-                spec.schedule.validate(f"{where}.schedule")
+                spec.schedule.validate("schedule")
                 grad = self._check_grad(spec, op)
                 reads, fields, pass_spec = op.read_sites(), op.needed_fields(), op.second_pass()
+                bad_modes = sorted(set(spec.during) - set(MODES))
+                if bad_modes:
+                    raise ValueError(f"unknown `during` value(s) {bad_modes}; valid: {list(MODES)}")
+                n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", 0)
+                self._check_indices(spec, targets, n_ctx)
+                self._check_op_on_sites(op, targets, n_ctx)
             except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
                 msg = e.args[0] if e.args else str(e)
                 raise type(e)(msg if msg.startswith(where) else f"{where}: {msg}") from None
-            bad_modes = sorted(set(spec.during) - set(MODES))
-            if bad_modes:
-                raise ValueError(f"{where}: unknown `during` value(s) {bad_modes}; valid: {list(MODES)}")
             if _nested_in and (spec.schedule != Schedule() or sorted(spec.during) != sorted(MODES)):
                 raise ValueError(f"{where}: an intervention of a second pass applies whenever the pass runs; give `schedule` and `during` to the outer intervention")
             if _nested_in and getattr(op, "over", None) == "running":
                 raise ValueError(f"{where}: a running mean inside a second pass would not be checkpointed; use `over: batch` or `batch_pos`")
-            self._check_indices(spec, targets, where, getattr(getattr(model, "cfg", None), "n_ctx", 0))
             self._check_reads(reads, targets, pass_spec, order, where)
             b = Bound(i, spec, op, targets, grad, reads, fields, pass_spec)
             if pass_spec is not None:
@@ -293,22 +326,37 @@ class InterventionEngine:
         return sorted(set(out))
 
     @staticmethod
-    def _check_indices(spec: Intervention, targets: list[tuple[Site, int | None]], where: str, n_ctx: int = 0) -> None:
+    def _check_indices(spec: Intervention, targets: list[tuple[Site, int | None]], n_ctx: int = 0) -> None:
+        for field_name, index in (("positions", spec.positions), ("features", spec.features)):
+            if index is not None and not index:
+                raise ValueError(f"`{field_name}` is empty, so it would select nothing; list at least one index or drop `{field_name}`")
         for site, _ in targets:
             info = site.info
             if spec.positions is not None:
                 if info.pos_dim is None:
-                    raise ValueError(f"{where}: site {site.name} has no position axis (dims {info.dims}); drop `positions`")
+                    raise ValueError(f"`positions`: site {site.name} has no position axis (dims {info.dims}); drop `positions`")
                 bad = [p for p in spec.positions if n_ctx and not -n_ctx <= p < n_ctx]
                 if bad:
-                    raise ValueError(f"{where}: positions {bad} out of range for a context of {n_ctx} (valid: {-n_ctx}..{n_ctx - 1})")
+                    raise ValueError(f"`positions` {bad} out of range for a context of {n_ctx} (valid: {-n_ctx}..{n_ctx - 1})")
             if spec.features is not None:
                 last = info.dims[-1]
-                size = info.sizes.get(last)
-                if size is not None:
+                size = n_ctx if last in ("pos", "q_pos", "k_pos") else info.sizes.get(last)
+                if size:
                     bad = [f for f in spec.features if not -size <= f < size]
                     if bad:
-                        raise ValueError(f"{where}: features {bad} out of range for site {site.name} axis {last!r} of size {size}")
+                        raise ValueError(f"`features` {bad} out of range for site {site.name} axis {last!r} of size {size} (valid: {-size}..{size - 1})")
+
+    @staticmethod
+    def _check_op_on_sites(op: Op, targets: list[tuple[Site, int | None]], n_ctx: int) -> None:
+        """Shape checks that need the site (e.g. a ``constant`` tensor), with a full context of ``n_ctx``."""
+        if not n_ctx:
+            return
+        for site, head in targets:
+            try:
+                shape = site.info.expected_shape(2, n_ctx)
+            except KeyError:  # a size only known at forward time
+                continue
+            op.check_site(OpContext(site, head, "train", torch.Generator(), {}), shape)
 
     def _check_conflicts(self) -> None:
         for i, a in enumerate(self.bound):
@@ -324,22 +372,33 @@ class InterventionEngine:
                     )
 
     # ------------------------------------------------------------------ references
+    def _reference_users(self, key: str) -> list[str]:
+        out = [b.spec.label for b in self.bound if getattr(b.op, "reference", None) == key]
+        return out + [f"{b.spec.label} > {u}" for b in self.bound if b.nested is not None for u in b.nested._reference_users(key)]
+
     def reference_keys(self) -> list[str]:
         keys = {b.op.reference for b in self.bound if b.op.source == "reference"}  # type: ignore[attr-defined]
         keys |= {k for b in self.bound if b.nested is not None for k in b.nested.reference_keys()}
         return sorted(keys)
 
-    def load_references(self, init_state: Mapping[str, torch.Tensor] | None = None, device: torch.device | str | None = None) -> None:
-        """Build every reference model once (shared by all the sites that read it)."""
-        for key in self.reference_keys():
+    def load_references(
+        self, init_state: Mapping[str, torch.Tensor] | None = None, device: torch.device | str | None = None, keys: Sequence[str] | None = None
+    ) -> None:
+        """Build every reference model (or those in ``keys``) once, shared by all the sites that read it;
+        errors name the file and the interventions that read it."""
+        for key in self.reference_keys() if keys is None else keys:
             if key in self.references:
                 continue
-            if key == "init":
-                state = init_state if init_state is not None else self.model.state_dict()
-            else:
-                state, hparams = load_reference_state(key)
-                check_reference_architecture(self.model, hparams, key)
-            self.references[key] = build_reference(self.model, state, key)
+            try:
+                if key == "init":
+                    state = init_state if init_state is not None else self.model.state_dict()
+                else:
+                    state, hparams = load_reference_state(key)
+                    check_reference_architecture(self.model, hparams, key)
+                self.references[key] = build_reference(self.model, state, key)
+            except (ValueError, FileNotFoundError) as e:
+                users = ", ".join(repr(label) for label in self._reference_users(key))
+                raise type(e)(f"intervention {users}: {e}" if users else str(e)) from None
         if device is not None:
             for ref in self.references.values():
                 ref.to(device)
@@ -498,7 +557,7 @@ class InterventionEngine:
                 reader = None
                 if b.reads:
                     reader = partial(self._read, b, self._sources.get(b.pass_key, {}) if b.pass_key else self._record)
-                ctx = OpContext(site, head, self.mode, self.generator, self.state[b.spec.label], src, self.batch, b.grad, reader)
+                ctx = OpContext(site, head, self.mode, self.generator, self.state[b.spec.label], src, self.batch, b.grad, reader, self.step)
                 m = self._mask(site, head, b.spec, x) * alpha
                 x = b.op.apply(x, m, ctx)
             if record:

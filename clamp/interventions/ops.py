@@ -22,10 +22,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import pickle
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
@@ -53,6 +56,7 @@ class OpContext:
     batch: Mapping[str, Any] | None = None
     grad: bool = False
     reader: Callable[[str], torch.Tensor] | None = field(default=None, repr=False)
+    step: int | None = None  # optimizer step (the micro-batches of one accumulated step share it)
 
     def read(self, name: str) -> torch.Tensor:
         """The activation of site ``name`` (as its own interventions left it); detached unless ``grad``."""
@@ -84,7 +88,10 @@ class Op:
     grad_kind: ClassVar[str] = "value"
 
     def validate(self) -> None:
-        """Check parameters before training starts."""
+        """Check parameter values before training starts (types are checked by :func:`make_op`)."""
+
+    def check_site(self, ctx: OpContext, shape: tuple[int, ...]) -> None:
+        """Check the op against one bound site before training; ``shape`` is the site's full shape."""
 
     def read_sites(self) -> list[str]:
         """Sites whose activations the value reads through ``ctx.read``."""
@@ -156,7 +163,7 @@ class Scale(Op):
     kind: ClassVar[str] = "scale"
     replaces: ClassVar[bool] = False
     grad_kind: ClassVar[str] = "x"
-    k: float = 1.0
+    k: float = field(kw_only=True)  # required: a scale without a gain would silently do nothing
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         return x * (1 + m * (self.k - 1))
@@ -173,7 +180,7 @@ class Noise(Op):
 
     def validate(self) -> None:
         if self.std < 0:
-            raise ValueError(f"noise std must be >= 0, got {self.std}")
+            raise ValueError(f"op 'noise' field `std`={self.std}: must be >= 0")
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         eps = torch.randn(x.shape, generator=ctx.generator, device="cpu", dtype=torch.float32)
@@ -188,14 +195,12 @@ class Mean(Op):
     training forward it falls back to the batch mean)."""
 
     kind: ClassVar[str] = "mean"
-    over: str = "batch"
+    over: Literal["batch", "batch_pos", "running"] = "batch"
     momentum: float = 0.01
 
     def validate(self) -> None:
-        if self.over not in ("batch", "batch_pos", "running"):
-            raise ValueError(f"mean over={self.over!r}; valid: 'batch', 'batch_pos', 'running'")
         if not 0 < self.momentum <= 1:
-            raise ValueError(f"mean momentum={self.momentum} must be in (0, 1]")
+            raise ValueError(f"op 'mean' field `momentum`={self.momentum}: must be in (0, 1]")
 
     def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         xd = x.float()  # detached by ``apply`` unless the intervention keeps gradients
@@ -215,9 +220,18 @@ class Mean(Op):
                 mean = mean.clone()
                 dist.all_reduce(mean)
                 mean /= dist.get_world_size()
-            prev = run.get(key)
-            share = 1.0 if prev is None else self.momentum
-            run[key] = mean if prev is None else prev.to(mean) + self.momentum * (mean - prev.to(mean))
+            # one EMA update per optimizer step: the micro-batches of an accumulated step (same ``ctx.step``)
+            # are averaged first, so accumulate_grad_batches does not change the statistic
+            step_state = ctx.state.setdefault("_step_mean", {})  # transient, not checkpointed
+            base_step, base, acc, n = step_state.get(key, (None, None, None, 0))
+            if base_step != ctx.step or ctx.step is None:
+                base, acc, n = run.get(key), mean, 1
+            else:
+                n += 1
+                acc = acc + (mean - acc) / n
+            step_state[key] = (ctx.step, base, acc, n)
+            share = (1.0 if base is None else self.momentum) / n
+            run[key] = acc if base is None else base.to(acc) + self.momentum * (acc - base.to(acc))
             # the value is the (rank-identical) average; with `grad: true` the current batch's share keeps its gradient
             return (run[key] + share * (batch_mean - mean))[None] if batch_mean.requires_grad else run[key][None]
         if key not in run:  # evaluated before any training forward: the batch is the best estimate
@@ -260,8 +274,25 @@ def _load_tensor(value: Any) -> torch.Tensor:
             raise ValueError(f"{path} holds {sorted(tensors)}; a constant file must hold exactly one tensor")
         return next(iter(tensors.values())).float()
     if path.suffix in (".pt", ".pth"):
-        return torch.load(path, map_location="cpu", weights_only=True).float()
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"{str(path)!r} holds Python objects besides a tensor; refused by the safe loader ({unpickling_reason(e)})") from None
+        except Exception as e:
+            raise ValueError(f"{str(path)!r} could not be read ({type(e).__name__})") from None
+        if not isinstance(obj, torch.Tensor):
+            raise ValueError(f"{str(path)!r} holds a {type(obj).__name__}, not a tensor")
+        return obj.float()
     raise ValueError(f"constant value file {str(path)!r}: unsupported suffix; valid: .npy, .safetensors, .pt, .pth")
+
+
+def unpickling_reason(e: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what was refused (not its advice to disable it)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Unsupported" in ln or "WeightsUnpickler error" in ln:
+            return ln.removeprefix("WeightsUnpickler error:").strip()
+    return lines[0] if lines else type(e).__name__
 
 
 def check_value_shape(v: torch.Tensor, x: torch.Tensor, ctx: OpContext, what: str) -> torch.Tensor:
@@ -290,11 +321,18 @@ class Constant(Op):
 
     kind: ClassVar[str] = "constant"
     grad_kind: ClassVar[str] = "constant"
-    value: Any = 0.0
+    value: float | list | str | torch.Tensor = field(kw_only=True)  # required (no silent zero-ablation); str: a file path
     _tensor: torch.Tensor | None = field(default=None, repr=False)
 
     def validate(self) -> None:
-        self._tensor = _load_tensor(self.value)
+        try:
+            self._tensor = _load_tensor(self.value)
+        except (ValueError, TypeError, RuntimeError) as e:  # ragged lists, unreadable files
+            raise ValueError(f"op 'constant' field `value`={_short(self.value)}: {e}") from None
+
+    def check_site(self, ctx: OpContext, shape: tuple[int, ...]) -> None:
+        assert self._tensor is not None
+        check_value_shape(self._tensor, torch.empty(shape, device="meta"), ctx, "constant `value`")
 
     def value_for(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         assert self._tensor is not None
@@ -357,14 +395,12 @@ class Construct(Op):
     """
 
     kind: ClassVar[str] = "construct"
-    fn: Any = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    fn: str | Callable = field(kw_only=True)  # an import path is code: it runs with your permissions
+    kwargs: dict = field(default_factory=dict)
     reads: list[str] = field(default_factory=list)
     read_from: dict[str, Any] | None = None
 
     def validate(self) -> None:
-        if self.fn is None:
-            raise ValueError("construct needs `fn`: an import path like 'clamp.interventions.constructors.previous_token_pattern'")
         if isinstance(self.fn, str):
             self.fn = import_callable(self.fn)
         if not isinstance(self.kwargs, dict):
@@ -417,6 +453,10 @@ class ClampToReference(Op):
     grad_kind: ClassVar[str] = "constant"
     reference: str = "init"
 
+    def validate(self) -> None:
+        if not self.reference.strip():
+            raise ValueError("op 'clamp_to_reference' field `reference` is empty; valid: 'init' or a checkpoint path")
+
     def value(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         return _source_value(x, ctx)
 
@@ -435,7 +475,7 @@ class Patch(Op):
 
     kind: ClassVar[str] = "patch"
     source: ClassVar[str | None] = "pass"
-    transform: str = "resample_batch"
+    transform: str = "resample_batch"  # an import path is code: it runs with your permissions
     interventions: list[Any] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -488,8 +528,51 @@ OPS: dict[str, type[Op]] = {
 }
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    names = {float: "a number", int: "an integer", str: "a string", bool: "true/false", list: "a list", dict: "a mapping", type(None): "null", torch.Tensor: "a tensor"}
+    origin = typing.get_origin(hint) or hint
+    return names.get(origin, getattr(origin, "__name__", str(origin)))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Does ``value`` fit the annotation ``hint`` (the subset of typing that op parameters use)?"""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is Callable or origin is Callable or origin is typing.Callable:
+        return callable(value)
+    return isinstance(value, origin or hint)
+
+
+def op_parameters(cls: type[Op]) -> dict[str, dataclasses.Field]:
+    """The user-settable parameters of an op kind (its public dataclass fields)."""
+    return {f.name: f for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+
+
 def make_op(spec: dict[str, Any] | Op) -> Op:
-    """Build and validate an op from its YAML dict ``{kind: ..., **params}``."""
+    """Build and validate an op from its YAML dict ``{kind: ..., **params}``.
+
+    Each op kind declares its parameters as dataclass fields; here every given value is checked
+    against the field's type, missing required fields are named, and the op's own ``validate``
+    checks values, so a bad op fails at setup with the field, the value and the valid choices.
+    """
     if isinstance(spec, Op):
         spec.validate()
         return spec
@@ -500,10 +583,18 @@ def make_op(spec: dict[str, Any] | Op) -> Op:
     if kind not in OPS:
         raise ValueError(f"unknown op kind {kind!r}; valid kinds: {sorted(OPS)}")
     cls = OPS[kind]
-    valid = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
-    unknown = sorted(set(params) - set(valid))
+    fields = op_parameters(cls)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(params) - set(fields))
     if unknown:
-        raise ValueError(f"op {kind!r} got unknown parameter(s) {unknown}; valid: {valid or 'none'}")
+        raise ValueError(f"op {kind!r} got unknown parameter(s) {unknown}; valid: {list(fields) or 'none'}")
+    missing = [n for n, f in fields.items() if n not in params and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        want = ", ".join(f"`{n}` ({_type_name(hints[n])})" for n in missing)
+        raise ValueError(f"op {kind!r} needs {want}")
+    for name, value in params.items():
+        if not _matches(value, hints[name]):
+            raise ValueError(f"op {kind!r} field `{name}`={_short(value)}: expected {_type_name(hints[name])}")
     op = cls(**params)
     op.validate()
     return op

@@ -8,8 +8,11 @@ run follows the same schedule as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
+
+MAX_OVERLAP_SCAN = 1_000_000  # steps scanned to decide whether two periodic gates ever coincide
 
 
 @dataclass
@@ -49,9 +52,17 @@ class MetricCondition:
     mode: Literal["above", "below"] = "above"
     ramp_out: int = 0  # steps to fade out after the release
 
-    def crossed(self, value: float) -> bool:
+    def validate(self, where: str = "until") -> None:
+        if not isinstance(self.metric, str) or not self.metric.strip():
+            raise ValueError(f"{where}.metric={self.metric!r}: give the name of a logged scalar, e.g. 'val/ic/acc'")
         if self.mode not in ("above", "below"):
-            raise ValueError(f"MetricCondition.mode={self.mode!r}; valid: 'above', 'below'")
+            raise ValueError(f"{where}.mode={self.mode!r}; valid: 'above', 'below'")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold):
+            raise ValueError(f"{where}.threshold={self.threshold!r}: must be a finite number")
+        if self.ramp_out < 0:
+            raise ValueError(f"{where}.ramp_out={self.ramp_out}: must be >= 0")
+
+    def crossed(self, value: float) -> bool:
         return value > self.threshold if self.mode == "above" else value < self.threshold
 
 
@@ -90,7 +101,7 @@ class Schedule:
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"{where}: strength={self.strength} must be in [0, 1]")
         if self.until is not None:
-            self.until.crossed(0.0)  # validates mode
+            self.until.validate(f"{where}.until")
 
     def _windows(self) -> list[Window]:
         return self.windows if self.windows is not None else [Window(self.start, self.stop, self.ramp, self.ramp_out)]
@@ -108,6 +119,32 @@ class Schedule:
             elif self.until.ramp_out:
                 a *= min(1.0, (released_at + self.until.ramp_out - step) / self.until.ramp_out)
         return a * self.strength
+
+    def gate(self, step: int) -> bool:
+        """Whether the periodic gate is open at ``step`` (always, without ``period``)."""
+        if self.period is None:
+            return True
+        origin = min(w.start for w in self._windows())
+        return (step - origin) % self.period < self.on  # type: ignore[operator]
+
+    def overlaps(self, other: Schedule) -> bool:
+        """Whether both schedules can be active at the same step (windows and periodic gates; an
+        ``until`` release only shortens a schedule, so it is ignored). Alternating windows and
+        complementary ``period``/``on`` gates do not overlap."""
+        if self.strength == 0 or other.strength == 0:
+            return False
+        span = math.lcm(self.period or 1, other.period or 1)
+        for a in self._windows():
+            for b in other._windows():
+                lo = max(a.start, b.start)
+                hi = min(math.inf if a.stop is None else a.stop, math.inf if b.stop is None else b.stop)
+                if lo >= hi:
+                    continue
+                if span > MAX_OVERLAP_SCAN:
+                    return True  # too long to scan: assume they meet
+                if any(self.gate(t) and other.gate(t) for t in range(lo, int(min(hi, lo + span)))):
+                    return True
+        return False
 
     def bounds(self) -> tuple[int, float]:
         """The widest step range in which alpha can be non-zero (``inf`` for open-ended)."""

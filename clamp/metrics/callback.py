@@ -18,9 +18,12 @@ Probes (no gradients, batched, on the module's device, global rank 0 only):
 
 Scalars go to every logger as ``<probe>/<metric>/L{l}H{h}`` and ``curves/...``; heatmaps are
 images ``heatmap/<probe>/<metric>``; a custom-scalar layout groups the heads of each metric in
-one chart. Curve history is checkpointed; at the end of fit, phase changes of the main curves
-and every per-head curve are detected and written to TensorBoard and ``summary.json``.
-Active clamps (``ClampCallback``) apply to probes as they do in validation.
+one chart. Every probe scalar also goes to ``trainer.callback_metrics`` (rank 0), so it can drive
+an ``until`` schedule, ``ModelCheckpoint(monitor=...)`` or ``EarlyStopping``. Curve history is
+checkpointed; at the end of fit, phase changes of the main curves and every per-head curve are
+detected and written to TensorBoard and ``summary.json`` (also written, marked incomplete, when
+fit stops on an exception or a signal). Active clamps (``ClampCallback``) apply to probes as they
+do in validation.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -43,6 +45,8 @@ from clamp.metrics import curves, heads
 from clamp.metrics.phase import detect_phase_change
 from clamp.metrics.probes import needle_batch
 from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
+from clamp.preemption import stop_reason
+from clamp.run_files import write_summary
 from clamp.training import masked_loss_and_accuracy
 from synthetic_data.base import batch_rng, model_inputs
 from synthetic_data.repeated_tokens import RepeatedTokens
@@ -106,7 +110,10 @@ class EmergenceCallback(Callback):
         self.last_heads: dict[str, np.ndarray] = {}
         self._probes: dict[str, dict[str, torch.Tensor]] | None = None
         self._pending_loss: list[tuple[int, torch.Tensor]] = []  # kept on device: no sync per step
+        self._micro_loss: list[torch.Tensor] = []  # losses of the micro-batches of the current step
         self._layout_written = False
+        self._log_dir: str | None = None
+        self._last_probe_step: int | None = None
         self._skipped: set[str] = set()
 
     # ------------------------------------------------------------------ probe sets
@@ -219,8 +226,12 @@ class EmergenceCallback(Callback):
         for k, v in metrics.items():
             if _finite(v):
                 self.history.setdefault(k, []).append((step, v))
+        finite = {k: v for k, v in metrics.items() if _finite(v)}
         for logger in trainer.loggers:
-            logger.log_metrics({k: v for k, v in metrics.items() if _finite(v)}, step=step)
+            logger.log_metrics(finite, step=step)
+        # every probe scalar is usable like a self.log'd one (until schedules, monitors, early stopping)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in finite.items()})
+        self._last_probe_step = step
         if not self._layout_written:
             self._write_layout(trainer, sorted(head_scores), pl_module)
         if self.heatmap_every_n_steps and step % self.heatmap_every_n_steps == 0:
@@ -288,6 +299,11 @@ class EmergenceCallback(Callback):
         return out
 
     # ------------------------------------------------------------------ lightning hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective under DDP (a broadcast): resolve it here, on every rank,
+        # so the end-of-fit and on-exception writes on rank 0 need no other rank
+        self._log_dir = trainer.log_dir or trainer.default_root_dir
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -303,8 +319,13 @@ class EmergenceCallback(Callback):
             return
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor):
-            self._pending_loss.append((trainer.global_step, loss.detach()))
-        if trainer.global_step % self.every_n_steps == 0:
+            self._micro_loss.append(loss.detach())
+        if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) and self._micro_loss:
+            return  # mid-accumulation: the optimizer step (and the probe) comes with the last micro-batch
+        if self._micro_loss:  # one point per optimizer step: the mean over its micro-batches
+            self._pending_loss.append((trainer.global_step, torch.stack(self._micro_loss).mean()))
+            self._micro_loss = []
+        if trainer.global_step % self.every_n_steps == 0 and trainer.global_step != self._last_probe_step:
             self._flush_losses()
             self._probe(trainer, pl_module)
 
@@ -326,7 +347,6 @@ class EmergenceCallback(Callback):
                     hist.append((trainer.global_step, float(v)))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         self._flush_losses()
@@ -338,10 +358,18 @@ class EmergenceCallback(Callback):
             logger.log_metrics({**flat, **self._final_hp_metrics(trainer, summary)}, step=trainer.global_step)
         for tb in self._tensorboards(trainer):
             tb.add_text("phase_changes", _markdown_table(summary["phase_changes"]), trainer.global_step)
-        if log_dir:
-            path = Path(log_dir) / "summary.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(summary, indent=2))
+        if self._log_dir:
+            write_summary(self._log_dir, summary, complete=not trainer.interrupted)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Keep what was measured: write ``summary.json`` marked incomplete, with why fit stopped."""
+        if not trainer.is_global_zero or not self._log_dir:
+            return
+        try:
+            self._flush_losses()
+            write_summary(self._log_dir, self.summarize(trainer), complete=False, stopped=stop_reason(exception))
+        except Exception as e:  # never mask the exception that stopped the run
+            rank_zero_warn(f"could not write summary.json after {type(exception).__name__}: {e}")
 
     # ------------------------------------------------------------------ summary
     def _phase_curves(self) -> list[str]:
@@ -353,8 +381,8 @@ class EmergenceCallback(Callback):
         """Phase changes of the main and per-head curves, final values and top heads (``summary.json``)."""
         phases = {}
         for curve in self._phase_curves():
-            steps, values = zip(*self.history[curve])
-            pc = detect_phase_change(np.asarray(steps, float), np.asarray(values, float))
+            points = [(s, v) for s, v in self.history[curve] if math.isfinite(v)]  # a diverged run's NaNs are no curve
+            pc = detect_phase_change(np.asarray([p[0] for p in points], float), np.asarray([p[1] for p in points], float)) if len(points) >= 2 else None
             phases[curve] = pc.to_dict() if pc else None
         top = {}
         for name, s in sorted(self.last_heads.items()):
