@@ -285,8 +285,12 @@ class SweepResult:
 def _run_in_process(run: Run) -> str | None:
     from clamp.cli import cli_main
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         cli_main(run.fit_args())
+    except SIGTERMException:  # preempted (a SystemExit without a code): the run is checkpointed; stop the sweep
+        raise
     except SystemExit as e:  # jsonargparse reports config errors by exiting
         return None if not e.code else f"exit status {e.code}"
     except Exception as e:  # noqa: BLE001 (one failed run must not stop the sweep)

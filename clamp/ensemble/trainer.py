@@ -55,6 +55,7 @@ class MemberTrainer:
     sanity_checking = False
     interrupted = False
     ckpt_path = None
+    accumulate_grad_batches = 1
 
     def __init__(self, loop: EnsembleTrainer, member: Member) -> None:
         self._loop, self.member = loop, member
@@ -263,7 +264,7 @@ class EnsembleTrainer:
                 metrics[i][f"val/{split}/acc"] = sums[i, 1] / sums[i, 2]
         self.model.train()
         for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
-            trainer.callback_metrics = dict(metrics[i])
+            trainer.callback_metrics.update(metrics[i])  # keeps probe metrics (usable by `until`) next to val/*
             if m.logger is not None:
                 m.logger.log_metrics({**{k: float(v) for k, v in metrics[i].items()}, "epoch": 0}, step=self.global_step - 1)
         self._call("on_validation_end")

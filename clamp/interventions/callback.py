@@ -173,6 +173,12 @@ class ClampCallback(Callback):
         if self.engine is not None:
             self.engine.set_batch(batch)  # batch-aware values (ctx.field) read this batch
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.engine is not None and not self._until_checked:  # no validation ran: say that `until` never could fire
+            waiting = [b.spec.label for b in self.engine.bound if b.spec.schedule.until is not None and b.spec.label not in self.engine.released]
+            if waiting:
+                rank_zero_warn(f"intervention(s) {waiting} wait for an `until` metric, but no validation ran in this fit, so they were never released")
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.engine is not None:
             self.engine.set_batch(batch)
