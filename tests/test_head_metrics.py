@@ -21,6 +21,7 @@ from clamp.metrics.heads import (
     query_to_exemplar_attention,
     query_to_match_attention,
     retrieval_score,
+    retrieval_score_given_correct,
 )
 from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
 from models import Transformer, TransformerConfig
@@ -149,7 +150,7 @@ def test_prefix_matching_multiple_matches_hand_computed():
 # --------------------------------------------------------------------------- retrieval
 
 
-def test_retrieval_counts_only_correct_copied_predictions():
+def test_retrieval_given_correct_counts_only_correct_copied_predictions():
     t = 6
     tokens = torch.tensor([[7, 8, 9, 7, 8, 9]])
     copy_src = torch.tensor([[-1, -1, 1, 2, -1, -1]])  # targets at 2, 3 are tokens 8, 9 copied from 1, 2
@@ -163,20 +164,41 @@ def test_retrieval_counts_only_correct_copied_predictions():
     p = heads(good, soft, bad, half)
     preds = torch.tensor([[0, 0, 8, 9, 0, 0]])
     loss_mask = torch.ones(1, t, dtype=torch.bool)
-    s = retrieval_score(p, tokens, copy_src, preds, loss_mask)
+    s = retrieval_score_given_correct(p, tokens, copy_src, preds, loss_mask)
     assert s.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.5])
     # a wrong prediction at 3 removes that position: the "half" head becomes perfect
-    s_wrong = retrieval_score(p, tokens, copy_src, torch.tensor([[0, 0, 8, 4, 0, 0]]), loss_mask)
+    s_wrong = retrieval_score_given_correct(p, tokens, copy_src, torch.tensor([[0, 0, 8, 4, 0, 0]]), loss_mask)
     assert s_wrong.tolist() == pytest.approx([1.0, 1.0, 0.0, 1.0])
     # loss_mask excludes position 2 likewise: "half" head gets 0
     lm = loss_mask.clone()
     lm[0, 2] = False
-    assert retrieval_score(p, tokens, copy_src, preds, lm)[3].item() == pytest.approx(0.0)
+    assert retrieval_score_given_correct(p, tokens, copy_src, preds, lm)[3].item() == pytest.approx(0.0)
     # logits work as predictions
     logits = torch.nn.functional.one_hot(preds, 10).float()
-    torch.testing.assert_close(retrieval_score(p, tokens, copy_src, logits, loss_mask), s)
+    torch.testing.assert_close(retrieval_score_given_correct(p, tokens, copy_src, logits, loss_mask), s)
     # nothing correct -> NaN
-    assert torch.isnan(retrieval_score(p, tokens, copy_src, torch.zeros_like(preds), loss_mask)).all()
+    assert torch.isnan(retrieval_score_given_correct(p, tokens, copy_src, torch.zeros_like(preds), loss_mask)).all()
+
+
+def test_retrieval_score_is_wu_et_al_over_all_copy_steps():
+    t = 6
+    tokens = torch.tensor([[7, 8, 9, 7, 8, 9]])
+    copy_src = torch.tensor([[-1, -1, 1, 2, -1, -1]])  # two copy steps: 2 and 3
+    good = pointer_pattern(t, copy_src[0], default=0)
+    bad = pointer_pattern(t, torch.full((t,), 0))
+    p = heads(good, bad)
+    loss_mask = torch.ones(1, t, dtype=torch.bool)
+    both = torch.tensor([[0, 0, 8, 9, 0, 0]])
+    one = torch.tensor([[0, 0, 8, 4, 0, 0]])  # the copy at 3 fails
+    assert retrieval_score(p, tokens, copy_src, both, loss_mask).tolist() == pytest.approx([1.0, 0.0])
+    # Wu et al. divide by every copy step: a failed copy counts against the head ...
+    assert retrieval_score(p, tokens, copy_src, one, loss_mask).tolist() == pytest.approx([0.5, 0.0])
+    # ... while the conditional score ignores it: Wu's score = conditional score x copy accuracy
+    assert retrieval_score_given_correct(p, tokens, copy_src, one, loss_mask).tolist() == pytest.approx([1.0, 0.0])
+    # nothing copied correctly: 0 for Wu (a measurable failure), NaN for the conditional score
+    none = torch.zeros_like(both)
+    assert retrieval_score(p, tokens, copy_src, none, loss_mask).tolist() == pytest.approx([0.0, 0.0])
+    assert torch.isnan(retrieval_score_given_correct(p, tokens, copy_src, none, loss_mask)).all()
 
 
 # --------------------------------------------------------------------------- bursty task attention
@@ -311,7 +333,7 @@ def test_all_head_scores_consistent():
     tokens = (tokens % 4)[None]
     batch = {"tokens": tokens, "loss_mask": torch.ones_like(tokens, dtype=torch.bool), "copy_src": copy_src[None]}
     out = all_head_scores(model, batch)
-    assert {"prev_token", "attn_sink", "copying", "copying_eigen", "induction", "retrieval", "prefix_matching"} <= set(out)
+    assert {"prev_token", "attn_sink", "copying", "copying_eigen", "induction", "retrieval", "retrieval_given_correct", "prefix_matching"} <= set(out)
     assert all(v.shape == (1, 2) for v in out.values())
     _, cache = model.run_with_cache(tokens, names=["layer0.pattern"])
     torch.testing.assert_close(out["prev_token"][0], previous_token_score(cache["layer0.pattern"]))

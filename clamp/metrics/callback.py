@@ -24,6 +24,11 @@ checkpointed; at the end of fit, phase changes of the main curves and every per-
 detected and written to TensorBoard and ``summary.json`` (also written, marked incomplete, when
 fit stops on an exception or a signal). Active clamps (``ClampCallback``) apply to probes as they
 do in validation.
+
+Clamp-based progress measures (Singh et al. 2024): ``probe_interventions`` names extra sets of
+interventions that apply only while the task probe is re-evaluated under them, logged as
+``task/<set>/loss`` and ``task/<set>/acc`` (e.g. the loss under a perfect previous-token clamp
+measures the progress of everything downstream of the previous-token head).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from clamp.interventions.engine import intervene
+from clamp.interventions.engine import InterventionEngine, intervene
 from clamp.metrics import curves, heads
 from clamp.metrics.phase import detect_phase_change
 from clamp.metrics.probes import needle_batch
@@ -86,6 +91,11 @@ class EmergenceCallback(Callback):
         icl_positions: ``(early, late)`` positions for the ICL score; default ``(T // 10, T - 2)``.
         needle_len: length of the needle-in-a-haystack probe's needle (0: no needle probe).
         needle_depth: range of the needle's depth as fractions of the context.
+        probe_interventions: ``{set name: [intervention, ...]}``; the task probe is also evaluated
+            under each set (only there, fully on), logged as ``task/<set>/loss`` and ``task/<set>/acc``.
+        learning_speed_threshold: summary.json's ``learning_speed`` is the first evaluation at which
+            ``learning_speed_curve`` falls below this (Singh et al. 2024: 0.4 ln 2).
+        learning_speed_curve: default ``val/<main eval split>/loss`` (the training distribution's).
     """
 
     def __init__(
@@ -99,6 +109,9 @@ class EmergenceCallback(Callback):
         icl_positions: tuple[int, int] | None = None,
         needle_len: int = 0,
         needle_depth: tuple[float, float] = (0.1, 0.5),
+        probe_interventions: dict[str, list[dict[str, Any]]] | None = None,
+        learning_speed_threshold: float = 0.4 * math.log(2),
+        learning_speed_curve: str | None = None,
     ) -> None:
         if every_n_steps <= 0 or probe_size <= 1:
             raise ValueError(f"every_n_steps must be > 0 and probe_size > 1, got {every_n_steps}, {probe_size}")
@@ -106,6 +119,12 @@ class EmergenceCallback(Callback):
         self.causal, self.heatmap_every_n_steps = causal, heatmap_every_n_steps
         self.phase_curves, self.icl_positions = phase_curves, icl_positions
         self.needle_len, self.needle_depth = needle_len, needle_depth
+        self.probe_interventions = dict(probe_interventions or {})
+        for name, items in self.probe_interventions.items():
+            if not name or "/" in name or not isinstance(items, (list, tuple)) or not items:
+                raise ValueError(f"probe_interventions.{name}: a set needs a name without '/' and a non-empty list of interventions, got {items!r}")
+        self.learning_speed_threshold, self.learning_speed_curve = learning_speed_threshold, learning_speed_curve
+        self.sequences_per_step: int | None = None
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.last_heads: dict[str, np.ndarray] = {}
         self._probes: dict[str, dict[str, torch.Tensor]] | None = None
@@ -162,6 +181,23 @@ class EmergenceCallback(Callback):
                 out[layer, head] = loss - base
         return out
 
+    def _check_probe_interventions(self, model: torch.nn.Module) -> None:
+        """Bind every set once, so a bad site or op fails before training with the set's name."""
+        for name, items in self.probe_interventions.items():
+            try:
+                InterventionEngine(model, items).detach()
+            except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
+                raise type(e)(f"probe_interventions.{name}: {e.args[0] if e.args else e}") from None
+
+    def _under_probe_interventions(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Loss and accuracy of the task probe under each named intervention set."""
+        out: dict[str, float] = {}
+        for name, items in self.probe_interventions.items():
+            with intervene(model, items, batch=batch):
+                loss, acc = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
+            out[f"task/{name}/loss"], out[f"task/{name}/acc"] = float(loss), float(acc)
+        return out
+
     def _clamps_on_batch(self, stack: ExitStack, trainer: L.Trainer | None, probe: str, batch: Mapping[str, torch.Tensor]) -> bool:
         """Give the probe's batch to batch-aware clamps; False (probe skipped, said once) if it lacks their fields."""
         stack.close()
@@ -210,6 +246,8 @@ class EmergenceCallback(Callback):
                     if self.causal and probe == "task":
                         head_scores["task/ablate_zero"] = self._ablation_importance(model, batch, "zero")
                         head_scores["task/ablate_mean"] = self._ablation_importance(model, batch, "mean")
+                    if probe == "task":
+                        scalars.update(self._under_probe_interventions(model, batch))
         finally:
             batch_for_clamps.close()
             model.train(was_training)
@@ -307,6 +345,7 @@ class EmergenceCallback(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        self._check_probe_interventions(pl_module.model)
         self._probes = self._build_probes(trainer, pl_module)
         if trainer.global_step == 0:
             self._write_hparams(trainer, pl_module)
@@ -317,6 +356,8 @@ class EmergenceCallback(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not trainer.is_global_zero:
             return
+        if self.sequences_per_step is None and isinstance(batch, Mapping) and "tokens" in batch:
+            self.sequences_per_step = int(batch["tokens"].shape[0]) * trainer.world_size * trainer.accumulate_grad_batches
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor):
             self._micro_loss.append(loss.detach())
@@ -393,10 +434,28 @@ class EmergenceCallback(Callback):
         clamps = [cb.config_summary() for cb in (trainer.callbacks if trainer else []) if hasattr(cb, "config_summary")]
         return {
             "step": trainer.global_step if trainer else None,
+            "sequences_per_step": self.sequences_per_step,
             "phase_changes": phases,
+            "learning_speed": self.learning_speed(trainer),
             "final": final,
             "top_heads": top,
             "interventions": [i for c in clamps for i in c],
+        }
+
+    def learning_speed(self, trainer: L.Trainer | None = None) -> dict[str, Any]:
+        """The first evaluation at which the training distribution's loss is below the threshold
+        (Singh et al. 2024's learning speed; ``step``/``sequences`` None if it never is)."""
+        curve = self.learning_speed_curve
+        if curve is None:
+            splits = getattr(getattr(trainer, "datamodule", None), "eval_split_names", None) if trainer else None
+            curve = f"val/{splits[0]}/loss" if splits else next((k for k in sorted(self.history) if k.startswith("val/") and k.endswith("/loss")), "val/loss")
+        step = next((s for s, v in self.history.get(curve, []) if v < self.learning_speed_threshold), None)
+        per = self.sequences_per_step
+        return {
+            "curve": curve,
+            "threshold": self.learning_speed_threshold,
+            "step": step,
+            "sequences": None if step is None or per is None else step * per,
         }
 
     # ------------------------------------------------------------------ checkpoint
@@ -406,11 +465,13 @@ class EmergenceCallback(Callback):
         return {
             "history": {k: [(int(s), float(v)) for s, v in h] for k, h in self.history.items()},
             "last_heads": {k: torch.from_numpy(np.asarray(v)) for k, v in self.last_heads.items()},
+            "sequences_per_step": self.sequences_per_step,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = {k: [tuple(x) for x in v] for k, v in state_dict.get("history", {}).items()}
         self.last_heads = {k: v.numpy() for k, v in state_dict.get("last_heads", {}).items()}
+        self.sequences_per_step = state_dict.get("sequences_per_step", self.sequences_per_step)
 
 
 def _describe(item: Mapping[str, Any]) -> str:

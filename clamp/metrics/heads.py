@@ -35,13 +35,16 @@ __all__ = [
     "copying_eigen_score",
     "copying_score",
     "induction_score",
+    "induction_strength",
     "label_to_exemplar_attention",
     "patterns_from_cache",
     "prefix_matching_score",
     "previous_token_score",
     "query_to_exemplar_attention",
     "query_to_match_attention",
+    "repeated_tokens_induction_score",
     "retrieval_score",
+    "retrieval_score_given_correct",
 ]
 
 
@@ -118,12 +121,31 @@ def induction_score(pattern: PatternInput, copy_src: torch.Tensor) -> torch.Tens
     """How much each head attends to the source token it should copy from (induction / retrieval).
 
     Definition: mean of ``pattern[b, h, i, copy_src[b, i]]`` over positions with ``copy_src >= 0``.
-    With ``copy_src[i] = i - period + 1`` on repeated random tokens this is the TransformerLens
-    induction score (attention to the token after the previous occurrence of the current token).
+    Note ``copy_src`` points from the position *predicting* a token to its source; on repeated
+    random tokens that selects rows ``repeat_start - 1 .. T - 2``, which is not the literature's
+    induction score: use :func:`repeated_tokens_induction_score` there.
     """
 
     def fn(p: torch.Tensor) -> torch.Tensor:
         return _masked_mean(_gather_k(p, copy_src), copy_src.to(p.device) >= 0)
+
+    return _per_layer(pattern, fn)
+
+
+def repeated_tokens_induction_score(pattern: PatternInput, repeat_start: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
+    """The induction score of Olsson et al. (2022) / TransformerLens on repeated random tokens.
+
+    Definition: mean of ``pattern[b, h, i, i - period[b] + 1]`` over query rows ``i`` in the repeat
+    (``i >= repeat_start[b]``): the attention from a repeated token to the token that followed its
+    previous occurrence. A perfect induction head scores 1.
+    """
+
+    def fn(p: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = p.shape
+        i = torch.arange(t, device=p.device)[None, :]
+        rows = i >= repeat_start.to(p.device).long()[:, None]
+        key = torch.where(rows, i - period.to(p.device).long()[:, None] + 1, torch.full_like(i, -1))
+        return _masked_mean(_gather_k(p, key), rows & (key >= 0))
 
     return _per_layer(pattern, fn)
 
@@ -154,6 +176,16 @@ def prefix_matching_score(pattern: PatternInput, tokens: torch.Tensor, mask: tor
     return _per_layer(pattern, fn)
 
 
+def _copy_steps(tokens: torch.Tensor, copy_src: torch.Tensor, predictions: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(copy step [B, T], copied correctly [B, T])`` for the retrieval scores."""
+    if predictions.dim() == 3:
+        predictions = predictions.argmax(dim=-1)
+    copy_src = copy_src.long()
+    copied = tokens.long().gather(1, copy_src.clamp(min=0))
+    steps = loss_mask.bool() & (copy_src >= 0)
+    return steps, steps & (predictions.to(copied.device) == copied)
+
+
 def retrieval_score(
     pattern: PatternInput,
     tokens: torch.Tensor,
@@ -161,23 +193,42 @@ def retrieval_score(
     predictions: torch.Tensor,
     loss_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Wu et al. (2024) retrieval score: does the head's top attention land on the token that gets copied?
+    """Wu et al. (2024) retrieval score: how often the head copy-pastes the token to be copied.
 
-    Definition: over positions where ``loss_mask``, ``copy_src >= 0`` and the model's prediction is
-    correct, the fraction where ``argmax_k pattern[b, h, i, k] == copy_src[b, i]``. "Correct" means
-    ``prediction == tokens[b, copy_src[b, i]]`` (the copied token *is* the target by the
-    ``copy_src`` contract; label tokens are class ids on the classifier task). ``predictions`` is
-    either ``[B, T]`` ids or ``[B, T, d_out]`` logits (argmax taken).
+    Definition (Wu et al.: ``|g_h ∩ k| / |k|``): over *all* copy steps (positions where ``loss_mask``
+    and ``copy_src >= 0``), the fraction at which the model predicts the copied token (``prediction
+    == tokens[b, copy_src[b, i]]``; label tokens are class ids on the classifier task) *and*
+    ``argmax_k pattern[b, h, i, k] == copy_src[b, i]``. Wu et al. match the attended token; here the
+    attended position, which is the same unless a token repeats among the sources. ``predictions``
+    is ``[B, T]`` ids or ``[B, T, d_out]`` logits (argmax taken).
     """
-    if predictions.dim() == 3:
-        predictions = predictions.argmax(dim=-1)
-    copy_src = copy_src.long()
-    copied = tokens.long().gather(1, copy_src.clamp(min=0))
-    valid = loss_mask.bool() & (copy_src >= 0) & (predictions.to(copied.device) == copied)
+    steps, correct = _copy_steps(tokens, copy_src, predictions, loss_mask)
 
     def fn(p: torch.Tensor) -> torch.Tensor:
-        hit = (p.argmax(dim=-1) == copy_src.to(p.device)[:, None, :]).to(p.dtype)  # [B, H, T]
-        return _masked_mean(hit, valid)
+        hit = (p.argmax(dim=-1) == copy_src.long().to(p.device)[:, None, :]) & correct.to(p.device)[:, None, :]
+        return _masked_mean(hit.to(p.dtype), steps)
+
+    return _per_layer(pattern, fn)
+
+
+def retrieval_score_given_correct(
+    pattern: PatternInput,
+    tokens: torch.Tensor,
+    copy_src: torch.Tensor,
+    predictions: torch.Tensor,
+    loss_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The retrieval score restricted to correctly predicted copy steps (Wu et al.'s score / accuracy).
+
+    Definition: over copy steps that the model predicts correctly (see :func:`retrieval_score`), the
+    fraction where ``argmax_k pattern[b, h, i, k] == copy_src[b, i]``: which head's top attention sits
+    on the source whenever the copy succeeds, independent of how often it succeeds. NaN if none does.
+    """
+    _, correct = _copy_steps(tokens, copy_src, predictions, loss_mask)
+
+    def fn(p: torch.Tensor) -> torch.Tensor:
+        hit = (p.argmax(dim=-1) == copy_src.long().to(p.device)[:, None, :]).to(p.dtype)  # [B, H, T]
+        return _masked_mean(hit, correct)
 
     return _per_layer(pattern, fn)
 
@@ -204,6 +255,38 @@ def query_to_match_attention(pattern: PatternInput, query_pos: torch.Tensor, mat
 def query_to_exemplar_attention(pattern: PatternInput, query_pos: torch.Tensor, match_exemplar_pos: torch.Tensor) -> torch.Tensor:
     """Attention from the query to the exemplar (not the label) of the matching class: :func:`query_to_match_attention` with ``match_exemplar_pos``."""
     return query_to_match_attention(pattern, query_pos, match_exemplar_pos)
+
+
+def induction_strength(pattern: PatternInput, query_pos: torch.Tensor, classes: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
+    """Singh et al. (2024) induction strength: query -> correct label minus query -> other label.
+
+    Definition: per sequence, the attention from the query (``query_pos``) to the context labels
+    whose exemplar has the query's class, minus its attention to the labels of other classes (a
+    label is a non-feature position right after a feature position; its class is ``classes`` of
+    that exemplar). The mean over sequences having both kinds of label; in ``[-1, 1]``, and a head
+    splitting its attention 50/50 between the two labels scores 0.
+    """
+    fm = feature_mask.bool()
+    b_, t = fm.shape
+    qpos = query_pos.long().to(fm.device)
+    is_label = torch.zeros_like(fm)
+    is_label[:, 1:] = ~fm[:, 1:] & fm[:, :-1]
+    is_label &= torch.arange(t, device=fm.device)[None, :] < qpos[:, None]
+    label_class = torch.full_like(classes.long(), -1)
+    label_class[:, 1:] = classes.long()[:, :-1]
+    q_class = classes.long().gather(1, qpos[:, None])
+    correct = is_label & (label_class == q_class)
+    other = is_label & (label_class != q_class)
+    sign = correct.float() - other.float()  # [B, T]: +1 correct label, -1 other label
+    valid = correct.any(1) & other.any(1)
+
+    def fn(p: torch.Tensor) -> torch.Tensor:
+        b, h, _, k = p.shape
+        rows = p.gather(2, qpos.to(p.device)[:, None, None, None].expand(b, h, 1, k)).squeeze(2)  # [B, H, k_pos]
+        vals = (rows * sign.to(p.device)[:, None, :]).sum(-1, keepdim=True)  # [B, H, 1]
+        return _masked_mean(vals, valid.to(p.device)[:, None])
+
+    return _per_layer(pattern, fn)
 
 
 def label_to_exemplar_attention(pattern: PatternInput, feature_mask: torch.Tensor) -> torch.Tensor:
@@ -350,9 +433,12 @@ def all_head_scores(
     """Every score that the batch supports, from one forward; ``{name: [n_layers, n_heads]}``.
 
     Always: ``prev_token``, ``attn_sink``, ``copying``, ``copying_eigen``. With ``copy_src``:
-    ``induction``, ``retrieval`` (predictions = argmax of this forward's logits). Without a
-    ``feature_mask`` (pure token tasks): ``prefix_matching``. With ``feature_mask``:
-    ``label_to_exemplar``. With ``query_pos`` and ``match_pos`` / ``match_exemplar_pos``:
+    ``induction`` (with ``repeat_start`` and ``period``, the repeated-token definition of
+    :func:`repeated_tokens_induction_score`; otherwise attention to ``copy_src``), ``retrieval``
+    (Wu et al.) and ``retrieval_given_correct`` (predictions = argmax of this forward's logits).
+    Without a ``feature_mask`` (pure token tasks): ``prefix_matching``. With ``feature_mask``:
+    ``label_to_exemplar``, and with ``query_pos`` and ``classes`` too ``induction_strength``
+    (Singh et al.). With ``query_pos`` and ``match_pos`` / ``match_exemplar_pos``:
     ``query_to_match`` / ``query_to_exemplar``.
     
     ``run``: a ``(logits, cache)`` already computed by :func:`forward_with_cache` on this batch,
@@ -369,12 +455,18 @@ def all_head_scores(
         "copying_eigen": copying_eigen_score(model).to(dev),
     }
     if "copy_src" in b:
-        out["induction"] = induction_score(pats, b["copy_src"])
+        if "repeat_start" in b and "period" in b:
+            out["induction"] = repeated_tokens_induction_score(pats, b["repeat_start"], b["period"])
+        else:
+            out["induction"] = induction_score(pats, b["copy_src"])
         out["retrieval"] = retrieval_score(pats, b["tokens"], b["copy_src"], logits, b["loss_mask"])
+        out["retrieval_given_correct"] = retrieval_score_given_correct(pats, b["tokens"], b["copy_src"], logits, b["loss_mask"])
     if b.get("feature_mask") is None:
         out["prefix_matching"] = prefix_matching_score(pats, b["tokens"])
     else:
         out["label_to_exemplar"] = label_to_exemplar_attention(pats, b["feature_mask"])
+        if "query_pos" in b and "classes" in b:
+            out["induction_strength"] = induction_strength(pats, b["query_pos"], b["classes"], b["feature_mask"])
     if "query_pos" in b:
         if "match_pos" in b:
             out["query_to_match"] = query_to_match_attention(pats, b["query_pos"], b["match_pos"])
