@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sweep_main(args[1:])
         return
+    if args and args[0] == "analyze":
+        from clamp.analyze import main as analyze_main
+
+        analyze_main(args[1:] + (["--debug"] if debug else []))
+        return
     if argv is None:  # LightningCLI reads sys.argv itself (and warns when given both)
         sys.argv = [sys.argv[0], *args]
     run_args = None if argv is None else args
