@@ -94,6 +94,7 @@ def _evaluate(
     ``clean``: reference models already built (``{reference key: model}``), so the checkpoint is
     loaded once rather than once per evaluation."""
     engine = InterventionEngine(model, list(interventions))
+    engine.set_batch(batch)  # for batch-aware values
     engine.references.update(clean or {})
     engine.load_references()
     engine.mode = "analysis"
