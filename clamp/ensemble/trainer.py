@@ -52,6 +52,7 @@ class MemberTrainer:
     is_global_zero = True
     global_rank = 0
     world_size = 1
+    accumulate_grad_batches = 1
     sanity_checking = False
     interrupted = False
     ckpt_path = None
