@@ -243,10 +243,12 @@ def figure(result: Mapping[str, Any], path: Path) -> None:
     ax[1].bar([i + w / 2 for i in x], [r["acc"] for r in result["keep_one"]], w, label="keep one")
     ax[1].axhline(result["base"]["acc"], color="k", ls="--", lw=1, label="all heads")
     ax[1].set(title=f"L{L} heads: accuracy", xlabel="head", xticks=x, ylim=(0, 1.02))
-    ax[1].legend(fontsize=8)
+    ax[1].legend(fontsize=8, loc="lower left", framealpha=0.9)
     k = [r["k"] for r in result["add_back"]]
     ax[2].plot(k, [r["loss"] for r in result["add_back"]], "o-", color="tab:red")
+    labels = ["none"] + [f"+H{h}" for h in result["strength"]["order"]]
     ax[2].set(title="heads added back by strength", xlabel="heads kept", ylabel="loss", xticks=k)
+    ax[2].set_xticklabels(labels, fontsize=8)
     rows = result["path_ablations"]
     y = list(range(len(rows)))
     for j, (key, label) in enumerate((("plain", "ablated"), ("patterns_preserved", f"L{L} patterns kept"), ("values_preserved", f"L{L} values kept"))):

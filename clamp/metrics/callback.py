@@ -57,7 +57,7 @@ from synthetic_data.base import batch_rng, model_inputs
 from synthetic_data.repeated_tokens import RepeatedTokens
 
 HEAD_METRICS_FOR_PHASE = (
-    "task/induction", "task/query_to_match", "task/label_to_exemplar", "task/prev_token",
+    "task/induction", "task/induction_strength", "task/query_to_match", "task/label_to_exemplar", "task/prev_token",
     "repeat/induction", "repeat/prev_token", "random/prev_token", "needle/retrieval",
 )
 
