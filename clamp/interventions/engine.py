@@ -499,6 +499,7 @@ class InterventionEngine:
             self._removers.append(site.add_hook(self._make_hook(entries, record=name in recorded)))
         if any(b.op.source == "reference" or b.pass_spec is not None or b.reads or b.fields for b in live):
             self._removers.append(self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True).remove)
+            self._removers.append(self.model.register_forward_hook(self._post_forward).remove)
         self._attached_key = key
 
     def _remove_hooks(self) -> None:
@@ -611,6 +612,11 @@ class InterventionEngine:
         finally:
             self._busy = False
         return None
+
+    def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Drop this forward's second-pass and recorded activations (and their graphs) once it is done."""
+        if not self._busy:
+            self._sources, self._record = {}, {}
 
     def _second_pass(self, module: nn.Module, b: Bound, args: tuple, kwargs: dict, names: list[str]) -> dict[str, torch.Tensor]:
         """Forward the current model once more under ``b``'s nested interventions, keeping ``names``.
