@@ -231,46 +231,8 @@ class InterventionEngine:
         self.seed = seed
         self.bound: list[Bound] = []
         self.references: dict[str, nn.Module] = {}
-        order = {name: i for i, name in enumerate(model.site_map())}
         for i, item in enumerate(interventions):
-            prefix = f"{_nested_in}[{i}]" if _nested_in else f"intervention {i}"
-            try:
-                spec = as_intervention(item)
-            except (ValueError, TypeError) as e:
-                raise type(e)(f"{prefix}: {e.args[0] if e.args else e}") from None
-            where = f"{prefix} ({spec.label})"
-            try:
-                targets = model.resolve_sites(spec.site)
-                op = make_op(spec.op)
-                spec.schedule.validate("schedule")
-                grad = self._check_grad(spec, op)
-                reads, fields, pass_spec = op.read_sites(), op.needed_fields(), op.second_pass()
-                bad_modes = sorted(set(spec.during) - set(MODES))
-                if bad_modes:
-                    raise ValueError(f"unknown `during` value(s) {bad_modes}; valid: {list(MODES)}")
-                n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", 0)
-                self._check_indices(spec, targets, n_ctx)
-                self._check_op_on_sites(op, targets, n_ctx)
-            except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
-                msg = e.args[0] if e.args else str(e)
-                raise type(e)(msg if msg.startswith(where) else f"{where}: {msg}") from None
-            if _nested_in and (spec.schedule != Schedule() or sorted(spec.during) != sorted(MODES)):
-                raise ValueError(f"{where}: an intervention of a second pass applies whenever the pass runs; give `schedule` and `during` to the outer intervention")
-            if _nested_in and getattr(op, "over", None) == "running":
-                raise ValueError(f"{where}: a running mean inside a second pass would not be checkpointed; use `over: batch` or `batch_pos`")
-            self._check_reads(reads, targets, pass_spec, order, where)
-            b = Bound(i, spec, op, targets, grad, reads, fields, pass_spec)
-            if pass_spec is not None:
-                field_name = "interventions" if op.kind == "patch" else "read_from.interventions"
-                b.nested = InterventionEngine(model, pass_spec.interventions, seed, _nested_in=f"{where}.op.{field_name}")
-                b.nested.references = self.references  # one copy of each reference model, however deep
-                b.pass_key = pass_spec.key(grad)
-                if pass_spec.transform != "identity" and b.nested.needed_fields():
-                    raise ValueError(
-                        f"{where}: its second pass transforms the input ({pass_spec.transform!r}), so batch fields "
-                        f"{b.nested.needed_fields()} needed by its nested interventions would not describe it; use transform: identity"
-                    )
-            self.bound.append(b)
+            self.bound.append(self._bind(i, item, _nested_in))
         self._check_conflicts()
         labels = [b.spec.label for b in self.bound]
         dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -291,6 +253,48 @@ class InterventionEngine:
         self._mask_cache: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ validation
+    def _bind(self, i: int, item: Intervention | Mapping[str, Any], nested_in: str | None) -> Bound:
+        """Resolve and validate one intervention (a nested second pass gets its own engine)."""
+        model = self.model
+        prefix = f"{nested_in}[{i}]" if nested_in else f"intervention {i}"
+        try:
+            spec = as_intervention(item)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{prefix}: {e.args[0] if e.args else e}") from None
+        where = f"{prefix} ({spec.label})"
+        try:
+            targets = model.resolve_sites(spec.site)
+            op = make_op(spec.op)
+            spec.schedule.validate("schedule")
+            grad = self._check_grad(spec, op)
+            reads, fields, pass_spec = op.read_sites(), op.needed_fields(), op.second_pass()
+            bad_modes = sorted(set(spec.during) - set(MODES))
+            if bad_modes:
+                raise ValueError(f"unknown `during` value(s) {bad_modes}; valid: {list(MODES)}")
+            n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", 0)
+            self._check_indices(spec, targets, n_ctx)
+            self._check_op_on_sites(op, targets, n_ctx)
+        except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
+            msg = e.args[0] if e.args else str(e)
+            raise type(e)(msg if msg.startswith(where) else f"{where}: {msg}") from None
+        if nested_in and (spec.schedule != Schedule() or sorted(spec.during) != sorted(MODES)):
+            raise ValueError(f"{where}: an intervention of a second pass applies whenever the pass runs; give `schedule` and `during` to the outer intervention")
+        if nested_in and getattr(op, "over", None) == "running":
+            raise ValueError(f"{where}: a running mean inside a second pass would not be checkpointed; use `over: batch` or `batch_pos`")
+        self._check_reads(reads, targets, pass_spec, {name: j for j, name in enumerate(model.site_map())}, where)
+        b = Bound(i, spec, op, targets, grad, reads, fields, pass_spec)
+        if pass_spec is not None:
+            field_name = "interventions" if op.kind == "patch" else "read_from.interventions"
+            b.nested = InterventionEngine(model, pass_spec.interventions, self.seed, _nested_in=f"{where}.op.{field_name}")
+            b.nested.references = self.references  # one copy of each reference model, however deep
+            b.pass_key = pass_spec.key(grad)
+            if pass_spec.transform != "identity" and b.nested.needed_fields():
+                raise ValueError(
+                    f"{where}: its second pass transforms the input ({pass_spec.transform!r}), so batch fields "
+                    f"{b.nested.needed_fields()} needed by its nested interventions would not describe it; use transform: identity"
+                )
+        return b
+
     @staticmethod
     def _check_grad(spec: Intervention, op: Op) -> bool:
         if spec.grad is None:
