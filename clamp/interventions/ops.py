@@ -7,14 +7,17 @@ Every op is applied with a strength ``alpha`` through a mask ``m = alpha * selec
 so ``alpha = 1`` replaces, ``alpha = 0`` is a no-op and ramps interpolate. Gradient ops
 (``freeze``, ``grad_only``) keep the forward value and change only the backward pass.
 
-Replacement values that do not depend on ``x`` differentiably (zero, mean, resample, constant,
-construct, reference, patch) carry no gradient: the clamped part of the network is cut off from
-learning through that path, which is what a clamp study wants. ``scale`` and ``noise`` keep the
-gradient of ``x``.
+Replacement values (zero, mean, resample, constant, construct, reference, patch) carry no gradient
+by default: the clamped part of the network is cut off from learning through that path, which is
+what a hand-built clamp wants. An intervention with ``grad: true`` keeps the graph of a value built
+from the model's own activations (mean, resample, construct, patch: ``ctx.grad``), so the parameters
+that produced it learn through the clamp, as in the paper's copy and layer-1 clamps. ``scale`` and
+``noise`` keep the gradient of ``x``.
 
 Values given by the user (``constant``, ``construct``) have the site's shape without the batch
 dim, and without the head dim when one head is selected (e.g. ``[q_pos, k_pos]`` for
-``layer0.head1.pattern``); they broadcast like numpy.
+``layer0.head1.pattern``); they broadcast like numpy. A ``construct`` value may instead have the
+site's full shape (one value per sequence, e.g. built from the batch).
 """
 
 from __future__ import annotations
