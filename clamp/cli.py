@@ -1,4 +1,4 @@
-"""``clamp`` command line: LightningCLI for ``fit``/``validate``/..., plus ``clamp report`` and ``clamp sites``.
+"""``clamp`` command line: ``fit``/``validate`` (LightningCLI) plus the commands in :data:`COMMANDS`.
 
 One YAML file holds model, data, trainer and callbacks (``class_path``/``init_args``). The data's
 :class:`TaskSpec` is linked into the model so users never repeat vocabulary or context sizes, and
@@ -11,30 +11,53 @@ running; ``--debug`` (or ``CLAMP_DEBUG=1``) shows the traceback instead. Everyth
 checked before training (the config, every callback's ``check``) is checked before the run
 folder ``runs/<experiment>/version_N`` is created. SIGTERM / SIGINT stop at a step boundary
 with a checkpoint and an incomplete ``summary.json`` (see :mod:`clamp.preemption`).
+
+``clamp fit --resume runs/<exp>/version_N`` (or ``--ckpt_path last``) continues a run in its own
+folder and TensorBoard run; its ``config.yaml`` is used unless ``--config`` is given.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import re
 import signal
 import sys
+import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePath
+from typing import Any
 
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from clamp.console import ProgressLines, StepProgressBar, print_run_summary
 from clamp.preemption import GracefulStop, received_signal
+from clamp.runs import find_checkpoint, run_dir_of
 from clamp.training import TrainingModule
 
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
 }
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+#: Trainer subcommands (LightningCLI) and what they do; test/predict are not offered (no test/predict steps).
+TRAINER_COMMANDS = {
+    "fit": "train a model (--config X.yaml); --resume runs/<exp>/version_N continues a run",
+    "validate": "evaluate a checkpoint on the eval splits (--resume runs/<exp>/version_N)",
+}
+
+#: Other subcommands: name -> ("module:function", one-line help[, takes --debug]). Adding one is one line here.
+COMMANDS: dict[str, tuple] = {
+    "report": ("clamp.report:main", "compare runs: curves, heatmaps, phase changes (PNG/PDF/SVG), report.md"),
+    "sites": ("clamp.cli:sites_main", "list the intervention sites of a config's model, with shapes"),
+    "sweep": ("clamp.sweep:main", "run a grid of configs x seeds as ordinary runs (skips finished ones)"),
+    "analyze": ("clamp.analyze:main", "per-head ablations and path analyses of a checkpoint", True),
+}
 
 
 class ConfigError(ValueError):
@@ -48,12 +71,32 @@ def check_experiment_name(name: str) -> None:
         raise ConfigError(f"experiment={name!r}: must be a relative folder name under runs/ (letters, digits, '_', '-', '/'), without '..'")
 
 
+class _RunConfigSaver(SaveConfigCallback):
+    """Saves ``config.yaml`` without ``resume``/``ckpt_path``, so the file re-runs the experiment, not the resume."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001 (Lightning types)
+        self.config = self.config.clone()
+        for key in ("resume", "ckpt_path"):
+            if key in self.config:
+                self.config[key] = None
+        super().setup(trainer, pl_module, stage)
+
+
 class ClampCLI(LightningCLI):
     """LightningCLI with clamp's links and defaults (runs land in ``runs/<experiment>/<version>/``)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in TRAINER_COMMANDS}
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.add_argument("--experiment", type=str, default="default", help="Run name: logs go to runs/<experiment>/<version>/.")
         parser.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: torch's default). Tiny models run fastest with 1.")
+        parser.add_argument(
+            "--resume", type=str | None, default=None,
+            help="Run folder runs/<exp>/version_N (or a checkpoint in it) to continue: same folder, same TensorBoard run; "
+            "its config.yaml is used unless --config is given.",
+        )  # fmt: skip
         parser.link_arguments("data.spec", "model.task", apply_on="instantiate")
         parser.set_defaults({"trainer.logger": DEFAULT_LOGGER, "seed_everything": 0})
         if self.subclass_mode_data:  # `clamp fit`: any DataModule; a bare `data:` block means SyntheticDataModule
@@ -70,8 +113,38 @@ class ClampCLI(LightningCLI):
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         logger = cfg.trainer.logger
-        if getattr(logger, "class_path", "").endswith("TensorBoardLogger") and logger.init_args.name == "default":
+        tensorboard = getattr(logger, "class_path", "").endswith("TensorBoardLogger")
+        if tensorboard and logger.init_args.name == "default":
             logger.init_args.name = cfg.experiment
+        if self.subcommand is None:  # `clamp sites`, the ensemble runner: built, not run
+            return
+        if self.subcommand == "fit" and cfg.ckpt_path == "last" and not cfg.resume:
+            if not tensorboard:
+                raise ConfigError("--ckpt_path last: finding the last run needs the TensorBoard logger; pass --resume runs/<experiment>/version_<N>")
+            cfg.resume = str(_latest_run(Path(logger.init_args.save_dir) / logger.init_args.name))
+        if cfg.resume:
+            ckpt = Path(cfg.resume) if Path(cfg.resume).is_file() else find_checkpoint(cfg.resume)
+            cfg.ckpt_path = str(ckpt)
+            if self.subcommand == "fit" and tensorboard:
+                _continue_in(logger.init_args, run_dir_of(ckpt), ckpt)
+        if self.subcommand == "validate":  # evaluating a checkpoint prints its metrics; it writes no run folder or file
+            if not cfg.resume:
+                raise ConfigError("validate needs a trained model: clamp validate --resume runs/<experiment>/version_<N>")
+            cfg.trainer.logger = False
+            self.save_config_callback = None
+
+    def instantiate_trainer(self, **kwargs: Any):  # noqa: ANN201 (Trainer)
+        """The configured trainer plus clamp's terminal output: a step bar on a terminal, plain lines otherwise."""
+        if self.subcommand is None:  # built, not run: no terminal output
+            return super().instantiate_trainer(**kwargs)
+        trainer_cfg = self.config_init[self.subcommand]["trainer"]
+        if trainer_cfg.get("enable_progress_bar", True) is not False:
+            kwargs["callbacks"] = [*(trainer_cfg.get("callbacks") or []), StepProgressBar() if sys.stdout.isatty() else ProgressLines()]
+            kwargs["enable_progress_bar"] = sys.stdout.isatty()
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        print_run_summary(self.trainer)
 
     def _run_subcommand(self, subcommand: str) -> None:
         # validate every callback against the instantiated model before anything touches the run
@@ -83,16 +156,39 @@ class ClampCLI(LightningCLI):
         super()._run_subcommand(subcommand)
 
 
-def cli_main(args: list[str] | None = None) -> ClampCLI:
-    """Build and run the Lightning CLI (``args=None``: read ``sys.argv``)."""
+def _latest_run(experiment_dir: Path) -> Path:
+    """The newest ``version_N`` under ``experiment_dir`` that has a checkpoint (for ``--ckpt_path last``)."""
+    candidates = [d for d in experiment_dir.glob("version_*") if d.is_dir() and list(d.glob("checkpoints/*.ckpt"))]
+    if not candidates:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no run with a checkpoint under {str(experiment_dir)!r}; "
+            "train first, or pass --resume runs/<experiment>/version_<N>"
+        )
+    return max(candidates, key=lambda d: int(d.name.split("_")[-1]) if d.name.split("_")[-1].isdigit() else -1)
+
+
+def _continue_in(logger_args: Any, run_dir: Path, ckpt: Path) -> None:
+    """Point the TensorBoard logger at the resumed run's folder; drop the steps logged after the checkpoint."""
+    logger_args.save_dir = str(run_dir.parent.parent)
+    logger_args.name = run_dir.parent.name
+    logger_args.version = run_dir.name
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+    logger_args.purge_step = step  # TensorBoard discards this run's events at steps >= the checkpoint's
+    print(f"resuming {run_dir} from step {step} ({ckpt.name})", flush=True)
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> ClampCLI:
+    """Build (and by default run) the Lightning CLI (``args=None``: read ``sys.argv``)."""
     no_exit = {"exit_on_error": False}
     return ClampCLI(
         TrainingModule,
         L.LightningDataModule,
         subclass_mode_data=True,
         args=args,
+        run=run,
+        save_config_callback=_RunConfigSaver,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={**no_exit, **{sub: dict(no_exit) for sub in SUBCOMMANDS}},
+        parser_kwargs={**no_exit, **{sub: dict(no_exit) for sub in TRAINER_COMMANDS}},
         trainer_defaults={"callbacks": [GracefulStop()]},
     )
 
@@ -145,32 +241,98 @@ def one_line(e: BaseException) -> str:
     return f"{' > '.join(names)}: {reason}" if names else reason
 
 
+def sites_main(argv: list[str]) -> None:
+    """``clamp sites --config X.yaml [overrides]``: the model's sites, shapes filled in from the config."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: clamp sites --config X.yaml [--model.transformer.n_layers 4 ...]\n\n"
+              "Lists every site interventions can target (name and shape) for the config's model and task.")  # fmt: skip
+        return
+    _quiet_third_parties()
+    cli = cli_main(argv, run=False)
+    model = cli.model.model
+    n_ctx, batch = model.cfg.n_ctx, getattr(cli.datamodule, "batch_size", "B")
+    sized = {"batch": batch, "pos": n_ctx, "q_pos": n_ctx, "k_pos": n_ctx}
+    print(f"{type(model).__name__}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, d_model {model.cfg.d_model}, "
+          f"context {n_ctx}; shapes at batch size {batch}")  # fmt: skip
+    for info in model.sites():
+        shape = ", ".join(f"{d}={info.sizes.get(d, sized.get(d))}" for d in info.dims)
+        print(f"  {info.name:<22} [{shape}]")
+    print("selectors: layer<L>.head<H>.<site> (H in 0..{0} or *) picks heads; layer*.<site> every layer".format(model.cfg.n_heads - 1))
+
+
+def _version() -> str:
+    try:
+        return version("clamp")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _help() -> str:
+    rows = [*TRAINER_COMMANDS.items(), *((k, v[1]) for k, v in COMMANDS.items())]
+    width = max(len(k) for k, _ in rows)
+    lines = [
+        "usage: clamp <command> [options]      (clamp <command> --help for a command's options)",
+        "",
+        "Training-time interventions on transformers.",
+        "",
+        "commands:",
+        *(f"  {k:<{width}}  {v}" for k, v in rows),
+        "",
+        "options:",
+        "  -h, --help     this message",
+        "  --version      print clamp's version",
+        "  --debug        show tracebacks instead of one-line errors",
+        "",
+        "example: clamp fit --config experiments/induction_default.yaml",
+    ]
+    return "\n".join(lines)
+
+
+def _quiet_third_parties() -> None:
+    """No adverts, device banners or upstream deprecation noise in the terminal; warnings that matter still show."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")  # clamp passes args on purpose
+
+
+def _with_run_config(args: list[str]) -> list[str]:
+    """``fit --resume DIR`` without ``--config``: read the run's own ``config.yaml`` first."""
+    if "--config" in args or any(a.startswith("--config=") for a in args):
+        return args
+    for i, a in enumerate(args):
+        value = args[i + 1] if a == "--resume" and i + 1 < len(args) else a.split("=", 1)[1] if a.startswith("--resume=") else None
+        if value:
+            config = run_dir_of(value) / "config.yaml"
+            if not config.is_file():
+                raise ConfigError(f"--resume {value}: no config.yaml in {run_dir_of(value)}; pass --config too")
+            return [args[0], "--config", str(config), *args[1:]]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("CLAMP_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
-    if args and args[0] == "report":
-        from clamp.report import main as report_main
-
-        report_main(args[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print(_help())
         return
-    if args and args[0] == "sweep":
-        from clamp.sweep import main as sweep_main
-
-        sweep_main(args[1:])
+    if args[0] == "--version":
+        print(f"clamp {_version()}")
         return
-    if args and args[0] == "analyze":
-        from clamp.analyze import main as analyze_main
-
-        analyze_main(args[1:] + (["--debug"] if debug else []))
+    if args[0] in COMMANDS:
+        target, _, *takes_debug = COMMANDS[args[0]]
+        module, fn = target.split(":")
+        getattr(importlib.import_module(module), fn)(args[1:] + (["--debug"] if debug and takes_debug and takes_debug[0] else []))
         return
-    if argv is None:  # LightningCLI reads sys.argv itself (and warns when given both)
-        sys.argv = [sys.argv[0], *args]
-    run_args = None if argv is None else args
+    if args[0] not in TRAINER_COMMANDS:
+        raise SystemExit(f"clamp: unknown command {args[0]!r}; valid: {', '.join([*TRAINER_COMMANDS, *COMMANDS])} (clamp --help)")
+    _quiet_third_parties()
     if debug:
-        return _run(run_args, args)
+        return _run(argv, args)
     try:
-        _run(run_args, args)
+        _run(argv, args)
     except SIGTERMException:
         sig = received_signal() or signal.SIGTERM
         print(f"clamp: stopped by {signal.Signals(sig).name}; checkpoint and summary.json (complete: false) saved", file=sys.stderr)
@@ -186,9 +348,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2 if config else 1)
 
 
-def _run(run_args: list[str] | None, args: list[str]) -> None:
+def _run(argv: list[str] | None, args: list[str]) -> None:
+    args = _with_run_config(args)
     _check_config_files(args)
-    cli_main(run_args)
+    if argv is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv = [sys.argv[0], *args]
+    cli_main(None if argv is None else args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``clamp report RUN_DIR... [--out DIR] [--tags GLOB...]``: compare runs from their TensorBoard logs.
+"""``clamp report RUN_DIR... [--out DIR] [--tags GLOB...] [--labels NAME...] [--formats png pdf svg]``: compare runs.
 
 Reads the scalar event files of one or more runs (a run dir is a folder such as
 ``runs/<experiment>/version_N`` holding ``events.out.tfevents.*``; a parent folder is searched
@@ -10,11 +10,15 @@ recursively for run dirs) and writes, into ``--out`` (default ``reports/<timesta
 * ``heatmap_<family>.png`` — for per-head tags ``<family>/L{l}H{h}``, a layer x head map of the
   final value, one panel per run;
 * ``report.md`` / ``report.json`` — final values, phase changes
-  (:func:`clamp.metrics.phase.detect_phase_change`) and top heads per family, per run.
+  (:func:`clamp.metrics.phase.phase_change_of`) and top heads per family, per run.
 
-Only event files are read (a ``summary.json`` beside them is ignored for now) so that any run,
-old or new, can be reported the same way. Plots use matplotlib's Agg canvas directly (no pyplot):
-no display needed and no global backend state changed for the importing process.
+Runs of different lengths are compared on their common step range (the shortest run's), and the
+report says so. A run folder without scalars (a config error, ``clamp validate``, a crash before
+the first log) is skipped with a warning. A curve's phase change is the run's own ``summary.json``
+entry when the whole run is compared (one computation, read everywhere); on a cropped range it is
+recomputed with the same function. Chance levels (``1/classes`` for accuracies, ``ln classes`` for
+losses) come from the run's ``hparams.yaml``. Plots use matplotlib's Agg canvas directly (no
+pyplot): no display needed and no global backend state changed for the importing process.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -32,19 +37,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clamp.metrics.phase import PhaseChange, detect_phase_change
+from clamp.metrics.phase import phase_change_of
 
 EVENT_GLOB = "events.out.tfevents.*"
 MAIN_PATTERNS = ("val/*/acc", "val/*/loss", "train/loss")
 HEAD_TAG = re.compile(r"^(?P<family>.+)/L(?P<layer>\d+)H(?P<head>\d+)$")
 TOP_K = 5
 COLUMNS = ["step", "tag", "value"]
+FORMATS = ("png", "pdf", "svg")
+WORDS = {  # tag parts in words, for figure titles
+    "val": "validation", "train": "training", "ic": "in-context", "iw": "in-weights", "acc": "accuracy",
+    "loss": "loss", "task": "task probe", "repeat": "repeated-token probe", "random": "random-token probe",
+    "prev_token": "previous-token attention", "induction": "induction score", "query_to_match": "query -> matching label attention",
+    "label_to_exemplar": "label -> its exemplar attention", "query_to_exemplar": "query -> matching exemplar attention",
+    "prefix_matching": "prefix matching", "retrieval": "retrieval score", "copying": "copying score",
+    "copying_eigen": "OV copying (eigenvalues)", "attn_sink": "attention sink", "ablate_zero": "loss increase when zero-ablated",
+    "ablate_mean": "loss increase when mean-ablated", "icl_score": "in-context learning score", "curves": "",
+}  # fmt: skip
 
 
 class ReportError(ValueError):
     """A user-facing problem with the arguments (e.g. a tag glob that matches nothing)."""
 
 # --------------------------------------------------------------------------------------- loading
+
+
+def title(tag: str) -> str:
+    """A tag in words: ``val/ic/acc`` -> ``validation in-context accuracy (val/ic/acc)``."""
+    m = HEAD_TAG.match(tag)
+    base = m["family"] if m else tag
+    words = " ".join(w for part in base.split("/") if (w := WORDS.get(part, part)))
+    if m:
+        words += f", layer {int(m['layer'])} head {int(m['head'])}"
+    return f"{words[:1].upper()}{words[1:]} ({tag})"
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:
@@ -92,20 +117,89 @@ def read_scalars(run_dir: Path) -> pd.DataFrame:
     return df[COLUMNS].reset_index(drop=True)
 
 
-def load_runs(paths: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
-    """Run name -> scalars (``step``, ``tag``, ``value``) for every run dir found under ``paths``."""
+def warn(message: str) -> None:
+    print(f"clamp report: warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_runs(paths: Iterable[str | Path], labels: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Run name -> scalars (``step``, ``tag``, ``value``) for every run dir with scalars found under ``paths``.
+
+    Run dirs without any scalar are skipped with a warning; ``labels`` name the kept runs in order.
+    """
     dirs: list[Path] = []
     for path in paths:
         for d in find_run_dirs(path):
             if d.resolve() not in {x.resolve() for x in dirs}:
                 dirs.append(d)
-    names = run_names(dirs)
-    runs = {}
+    frames = {}
     for d in dirs:
         df = read_scalars(d)
+        if df.empty:
+            warn(f"skipping {d}: no scalars logged (a run that failed before training, or a `clamp validate` run)")
+            continue
         df.attrs["run_dir"] = str(d)  # for report.json; not needed for the analysis itself
-        runs[names[d]] = df
-    return runs
+        frames[d] = df
+    if not frames:
+        raise ReportError(f"no run with logged scalars among {', '.join(str(d) for d in dirs)}")
+    if labels is not None and len(labels) != len(frames):
+        found = ", ".join(str(d) for d in frames)
+        raise ReportError(f"--labels: {len(labels)} label(s) for {len(frames)} run(s) ({found}); give one label per run, in this order")
+    names = dict(zip(frames, labels, strict=True)) if labels is not None else run_names(list(frames))
+    if len(set(names.values())) != len(names):
+        raise ReportError(f"--labels must be unique, got {list(names.values())}")
+    return {names[d]: df for d, df in frames.items()}
+
+
+def common_range(runs: Mapping[str, pd.DataFrame], tags: Sequence[str]) -> tuple[int, dict[str, int]] | None:
+    """``(last common step, {run: last step})`` when the runs end at different steps, else None."""
+    ends = {}
+    for name, df in runs.items():
+        sub = df[df["tag"].isin(list(tags))] if tags else df
+        ends[name] = int(sub["step"].max()) if len(sub) else 0
+    if len(set(ends.values())) <= 1:
+        return None
+    return min(ends.values()), ends
+
+
+def crop(runs: Mapping[str, pd.DataFrame], last_step: int) -> dict[str, pd.DataFrame]:
+    """Every run's scalars up to ``last_step`` (inclusive)."""
+    out = {}
+    for name, df in runs.items():
+        cropped = df[df["step"] <= last_step].reset_index(drop=True)
+        cropped.attrs = {**df.attrs, "cropped_at": last_step}
+        out[name] = cropped
+    return out
+
+
+def run_meta(run_dir: str | None) -> dict[str, Any]:
+    """What the report needs from a run folder besides scalars: ``summary.json`` and the number of classes."""
+    meta: dict[str, Any] = {"summary": None, "classes": None}
+    if not run_dir:
+        return meta
+    d = Path(run_dir)
+    if (d / "summary.json").is_file():
+        try:
+            meta["summary"] = json.loads((d / "summary.json").read_text())
+        except json.JSONDecodeError:
+            warn(f"{d / 'summary.json'} is not valid JSON; phase changes are recomputed from the event files")
+    if (d / "hparams.yaml").is_file():
+        import yaml
+
+        task = (yaml.safe_load((d / "hparams.yaml").read_text()) or {}).get("task") or {}
+        classes = task.get("d_out") or task.get("d_vocab")
+        meta["classes"] = int(classes) if classes else None
+    return meta
+
+
+def chance_level(tag: str, classes: int | None) -> float | None:
+    """Accuracy ``1/classes`` and loss ``ln classes`` of uniform guessing, for the headline tags."""
+    if not classes or classes < 2:
+        return None
+    if fnmatchcase(tag, "val/*/acc") or tag == "train/acc":
+        return 1.0 / classes
+    if fnmatchcase(tag, "val/*/loss") or tag == "train/loss":
+        return math.log(classes)
+    return None
 
 
 # -------------------------------------------------------------------------------------- analysis
@@ -144,8 +238,14 @@ def curve(df: pd.DataFrame, tag: str) -> tuple[np.ndarray, np.ndarray]:
     return sub["step"].to_numpy(dtype=float), sub["value"].to_numpy(dtype=float)
 
 
-def _phase(steps: np.ndarray, values: np.ndarray) -> dict[str, Any] | None:
-    pc: PhaseChange | None = detect_phase_change(steps, values)
+def _phase(df: pd.DataFrame, tag: str, steps: np.ndarray, values: np.ndarray) -> dict[str, Any] | None:
+    """The run's own ``summary.json`` entry for ``tag`` when the whole run is compared, else computed here."""
+    summary = df.attrs.get("summary")
+    # Lightning logs validation at step global_step - 1, the callback at global_step: "covers" is >=
+    whole_run = "cropped_at" not in df.attrs and summary and (summary.get("step") or -1) >= int(df["step"].max())
+    if whole_run and tag in (summary.get("phase_changes") or {}):
+        return summary["phase_changes"][tag]
+    pc = phase_change_of(tag, steps, values)
     return None if pc is None else pc.to_dict()
 
 
@@ -156,7 +256,7 @@ def analyze_tag(df: pd.DataFrame, tag: str) -> dict[str, Any] | None:
     if not finite.any():
         return None
     last = int(np.flatnonzero(finite)[-1])
-    return {"final": float(values[last]), "final_step": int(steps[last]), "phase_change": _phase(steps, values)}
+    return {"final": float(values[last]), "final_step": int(steps[last]), "phase_change": _phase(df, tag, steps, values)}
 
 
 def analyze_heads(df: pd.DataFrame, family: str, top_k: int = TOP_K) -> dict[str, Any] | None:
@@ -185,7 +285,7 @@ def analyze_heads(df: pd.DataFrame, family: str, top_k: int = TOP_K) -> dict[str
     top = []
     for name, info in ranked:
         steps, values = curve(df, info["tag"])
-        top.append({"name": name, **{k: info[k] for k in ("layer", "head", "final")}, "phase_change": _phase(steps, values)})
+        top.append({"name": name, **{k: info[k] for k in ("layer", "head", "final")}, "phase_change": _phase(df, info["tag"], steps, values)})
     return {
         "final": {name: info["final"] for name, info in finals.items()},
         "n_layers": 1 + max(i["layer"] for i in finals.values()),
@@ -216,14 +316,22 @@ def _slug(tag: str) -> str:
 
 
 def _file(kind: str, name: str, used: set[str]) -> str:
-    """``<kind>_<slug>.png``, suffixed if two tags slug to the same name."""
+    """``<kind>_<slug>`` (no extension), suffixed if two tags slug to the same name."""
     stem, i = f"{kind}_{_slug(name)}", 1
-    fname = f"{stem}.png"
+    fname = stem
     while fname in used:
         i += 1
-        fname = f"{stem}-{i}.png"
+        fname = f"{stem}-{i}"
     used.add(fname)
     return fname
+
+
+def _save(fig, stem: Path, formats: Sequence[str]) -> Path:  # noqa: ANN001 (matplotlib Figure)
+    """Write ``fig`` as ``stem.<format>`` for each format; returns the first file (linked from report.md)."""
+    paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
+    for path in paths:
+        fig.savefig(path)
+    return paths[0]
 
 
 def _figure(width: float, height: float):  # noqa: ANN202 (matplotlib Figure)
@@ -236,8 +344,11 @@ def _figure(width: float, height: float):  # noqa: ANN202 (matplotlib Figure)
     return fig
 
 
-def plot_curves(runs: Mapping[str, pd.DataFrame], tag: str, analysis: Mapping[str, Any], path: Path) -> Path:
-    """All runs' ``tag`` curves on one axis, phase-change midpoints as dotted lines."""
+def plot_curves(
+    runs: Mapping[str, pd.DataFrame], tag: str, analysis: Mapping[str, Any], path: Path,
+    formats: Sequence[str] = ("png",), chance: float | None = None, note: str = "",
+) -> Path:  # fmt: skip
+    """All runs' ``tag`` curves on one axis, phase-change midpoints as dotted lines, chance as a grey dashed line."""
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(runs))]
@@ -250,14 +361,15 @@ def plot_curves(runs: Mapping[str, pd.DataFrame], tag: str, analysis: Mapping[st
         ax.plot(steps, values, color=color, lw=1.2, label=label)
         if pc is not None:
             ax.axvline(pc["midpoint"], color=color, ls=":", lw=1.5)
-    ax.set(title=tag, xlabel="step", ylabel=tag.rsplit("/", 1)[-1])
+    if chance is not None:
+        ax.axhline(chance, color="0.5", ls="--", lw=1.0, label=f"chance ({chance:.3g})")
+    ax.set(title=title(tag) + (f"\n{note}" if note else ""), xlabel="training step", ylabel=WORDS.get(tag.rsplit("/", 1)[-1], tag))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path)
-    return path
+    return _save(fig, path, formats)
 
 
-def plot_heatmap(family: str, analysis: Mapping[str, Any], path: Path) -> Path:
+def plot_heatmap(family: str, analysis: Mapping[str, Any], path: Path, formats: Sequence[str] = ("png",)) -> Path:
     """Layer x head map of final per-head values, one panel per run, shared colour scale."""
     panels = [(name, a["heads"][family]) for name, a in analysis.items() if family in a["heads"]]
     n_layers = max(h["n_layers"] for _, h in panels)
@@ -289,9 +401,9 @@ def plot_heatmap(family: str, analysis: Mapping[str, Any], path: Path) -> Path:
         ax.set_axis_off()
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label=f"final {family}")
-    fig.suptitle(f"{family}: final value per head")
-    fig.savefig(path)
-    return path
+    width_chars = int(fig.get_figwidth() * 11)  # the title wraps instead of running off a one-panel figure
+    fig.suptitle(textwrap.fill(f"{title(family)}: final value per head", width_chars), fontsize="medium")
+    return _save(fig, path, formats)
 
 
 # -------------------------------------------------------------------------------------- markdown
@@ -323,6 +435,7 @@ def markdown(
     families: Sequence[str],
     figures: Mapping[str, Mapping[str, str]],
     created: str,
+    note: str = "",
 ) -> str:
     """The human-readable report: summary table, per-tag phase changes, top heads per family.
 
@@ -333,6 +446,7 @@ def markdown(
         "",
         f"Generated {created}. Phase change = logistic fit (`clamp.metrics.phase`): midpoint (onset→end, Δ jump);",
         "onset/end are the 10 %/90 % crossings; 'none' = no significant sharp transition.",
+        *([f"**{note}**"] if note else []),
         "",
         "## Summary",
         "",
@@ -387,7 +501,13 @@ def _json_safe(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------ entry point
 
 
-def report(runs: list[str], out: str | None = None, tags: list[str] | None = None) -> Path:
+def report(
+    runs: list[str],
+    out: str | None = None,
+    tags: list[str] | None = None,
+    labels: list[str] | None = None,
+    formats: list[str] | None = None,
+) -> Path:
     """Compare runs: curves, per-head heatmaps, phase changes; returns the output folder.
 
     Args:
@@ -395,11 +515,27 @@ def report(runs: list[str], out: str | None = None, tags: list[str] | None = Non
         out: Output folder (created); default ``reports/<timestamp>``.
         tags: Extra tag globs to plot and tabulate (e.g. ``'val/*/acc'`` or ``'induction/L1H*'``),
             in addition to the default ``val/*/acc``, ``val/*/loss``, ``train/loss``.
+        labels: Names for the runs in figures and tables, one per run found, in order
+            (default: ``experiment/version_N``).
+        formats: Figure formats among png, pdf, svg (default png; report.md links the first).
     """
     if not runs:
         raise ReportError("no run dirs given")
-    data = load_runs(runs)
+    formats = list(formats or ["png"])
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ReportError(f"--formats: unknown format(s) {bad}; valid: {list(FORMATS)}")
+    data = load_runs(runs, labels)
+    metas = {name: run_meta(df.attrs.get("run_dir")) for name, df in data.items()}
+    for name, df in data.items():
+        df.attrs["summary"] = metas[name]["summary"]
     main_tags = select_tags(data, tags)
+    note = ""
+    if (common := common_range(data, main_tags)) is not None:
+        last, ends = common
+        note = f"Runs end at different steps ({', '.join(f'{n}: {e}' for n, e in ends.items())}); compared on steps 0-{last}."
+        warn(note)
+        data = crop(data, last)
     families = head_families(data)
     analysis = analyze(data, main_tags, families)
 
@@ -407,17 +543,24 @@ def report(runs: list[str], out: str | None = None, tags: list[str] | None = Non
     out_dir = Path(out) if out is not None else Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    classes = {m["classes"] for m in metas.values()}
+    n_classes = classes.pop() if len(classes) == 1 else None
     used: set[str] = set()
     figures = {
-        "curves": {t: plot_curves(data, t, analysis, out_dir / _file("curves", t, used)).name for t in main_tags},
-        "heatmaps": {f: plot_heatmap(f, analysis, out_dir / _file("heatmap", f, used)).name for f in families},
+        "curves": {
+            t: plot_curves(data, t, analysis, out_dir / _file("curves", t, used), formats, chance_level(t, n_classes), note).name
+            for t in main_tags
+        },
+        "heatmaps": {f: plot_heatmap(f, analysis, out_dir / _file("heatmap", f, used), formats).name for f in families},
     }
 
-    (out_dir / "report.md").write_text(markdown(analysis, main_tags, families, figures, created))
+    (out_dir / "report.md").write_text(markdown(analysis, main_tags, families, figures, created, note))
     payload = {
         "created": created,
         "main_tags": main_tags,
         "head_families": families,
+        "common_range": None if common is None else {"last_step": common[0], "run_ends": common[1]},
+        "chance": {t: c for t in main_tags if (c := chance_level(t, n_classes)) is not None},
         "figures": figures,
         "runs": analysis,
     }
@@ -436,7 +579,9 @@ def build_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)
     parser = ArgumentParser(prog="clamp report", description=(report.__doc__ or "").split("\n")[0])
     parser.add_argument("runs", nargs="+", type=str, help="Run dirs or parent folders searched recursively.")
     parser.add_argument("--tags", nargs="+", type=str, default=None, help="Extra tag globs to plot and tabulate.")
-    parser.add_function_arguments(report, skip={"runs", "tags"}, as_group=False)
+    parser.add_argument("--labels", nargs="+", type=str, default=None, help="One name per run, in order (default experiment/version_N).")
+    parser.add_argument("--formats", nargs="+", type=str, default=None, help="Figure formats: png, pdf, svg (default png).")
+    parser.add_function_arguments(report, skip={"runs", "tags", "labels", "formats"}, as_group=False)
     return parser
 
 
@@ -445,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     cfg = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        out_dir = report(runs=cfg.runs, out=cfg.out, tags=cfg.tags)
+        out_dir = report(runs=cfg.runs, out=cfg.out, tags=cfg.tags, labels=cfg.labels, formats=cfg.formats)
     except (FileNotFoundError, ReportError) as err:  # user errors: message + usage, exit 2, no traceback
         parser.error(str(err))
     print(f"report written to {out_dir / 'report.md'}")

@@ -7,6 +7,7 @@ serves next-token tasks (loss everywhere) and the exemplar-label task (loss at t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -71,6 +72,19 @@ def masked_loss_and_accuracy(logits: torch.Tensor, batch: dict[str, torch.Tensor
     return loss, acc
 
 
+def _as(cls: type, value: Any) -> Any:
+    """``value`` as a ``cls`` dataclass; dicts (checkpointed hyper-parameters) are converted, unknown keys named."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        fields = set(cls.__dataclass_fields__)
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
+        return cls(**value)
+    raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+
+
 class TrainingModule(L.LightningModule):
     """Trains a site model on a task; logs ``train/*`` and ``val/<split>/*`` to TensorBoard.
 
@@ -84,6 +98,9 @@ class TrainingModule(L.LightningModule):
             ``transformer``; its vocabulary and context default to the task's.
         optimizer: AdamW and learning-rate schedule.
         task: the data's :class:`TaskSpec` (linked automatically from the DataModule by the CLI).
+
+    Each argument may also be a plain dict: that is how the hyper-parameters are stored in a
+    checkpoint, so ``TrainingModule.load_from_checkpoint(path)`` rebuilds the module.
     """
 
     def __init__(
@@ -94,6 +111,10 @@ class TrainingModule(L.LightningModule):
         hf: HFModelConfig | None = None,
     ) -> None:
         super().__init__()
+        transformer = _as(TransformerConfig, transformer)
+        optimizer = _as(OptimizerConfig, optimizer)
+        task = _as(TaskSpec, task) if task is not None else None
+        hf = _as(HFModelConfig, hf) if hf is not None else None
         optimizer.validate()
         spec = task or TaskSpec(d_vocab=0, n_ctx=0)
         self.optimizer_config = optimizer

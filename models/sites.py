@@ -13,8 +13,9 @@ Shape convention (the same for every model that exposes sites):
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -211,21 +212,70 @@ class SiteModelMixin:
             for r in removers:
                 r()
 
-    def run_with_cache(self, *args, names: Sequence[str] | None = None, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward once and return ``(output, {site_name: activation})`` for the requested sites.
+    def run_with_cache(
+        self,
+        *args,
+        names: Sequence[str] | None = None,
+        allow_missing_features: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward once and return ``(output, {name: activation})`` for the requested sites.
+
+        ``names`` take the selectors interventions take: ``layer1.pattern`` (one site),
+        ``layer*.resid_post`` (every layer; one entry per site), ``layer1.head3.z`` (one head:
+        the head axis is removed) and ``layer1.head*.z`` (one entry per head). ``None``: every site.
+
+        The inputs are the forward's arguments, or one batch dict whose keys name them (e.g.
+        ``{"tokens", "features", "feature_mask", ...}``; other keys are ignored). A model that
+        reads continuous features refuses a forward without them, since it would silently
+        compute something else (``allow_missing_features=True`` for token-only probes).
 
         Activations are detached. Asking for ``pattern`` forces the explicit attention path,
         which is numerically equivalent to the fused one (see tests).
         """
-        wanted = list(self.site_map()) if names is None else list(names)
+        if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+            args, kwargs = (), self._forward_kwargs(args[0])
+        if not allow_missing_features:
+            self._check_features(args, kwargs)
+        selectors = list(self.site_map()) if names is None else list(names)
+        wanted: dict[str, list[tuple[str, int | None]]] = {}  # site -> [(cache key, head)]
+        for sel in selectors:
+            pairs = self.resolve_sites(sel)
+            for site, head in pairs:
+                key = site.name if head is None else _head_name(site.name, head)
+                wanted.setdefault(site.name, []).append((key, head))
         cache: dict[str, torch.Tensor] = {}
 
-        def make(name: str) -> Hook:
-            def read(x: torch.Tensor, _site: Site) -> None:
-                cache[name] = x.detach()
+        def make(entries: list[tuple[str, int | None]]) -> Hook:
+            def read(x: torch.Tensor, site: Site) -> None:
+                for key, head in entries:
+                    cache[key] = (x if head is None else x.select(site.info.head_dim, head)).detach()
 
             return read
 
-        with self.hooks([(n, make(n)) for n in wanted]):
+        with self.hooks([(n, make(e)) for n, e in wanted.items()]):
             out = self(*args, **kwargs)  # type: ignore[operator]
         return out, cache
+
+    def _forward_kwargs(self, batch: Mapping[str, object]) -> dict[str, object]:
+        """The entries of ``batch`` named like the forward's parameters."""
+        params = inspect.signature(self.forward).parameters  # type: ignore[attr-defined]
+        return {k: batch[k] for k in params if k in batch}
+
+    def _check_features(self, args: tuple, kwargs: Mapping[str, object]) -> None:
+        d_feature = getattr(getattr(self, "cfg", None), "d_feature", 0)
+        if not d_feature:
+            return
+        bound = inspect.signature(self.forward).bind_partial(*args, **kwargs)  # type: ignore[attr-defined]
+        if bound.arguments.get("features") is None:
+            raise ValueError(
+                f"run_with_cache: this model reads continuous features (d_feature={d_feature}) and none were given, "
+                "so the feature positions would see placeholder tokens; pass the whole batch "
+                "(model.run_with_cache(batch)) or features=/feature_mask=, or allow_missing_features=True for a token-only probe"
+            )
+
+
+def _head_name(site_name: str, head: int) -> str:
+    """``layer1.z`` + head 3 -> ``layer1.head3.z`` (the selector of one head)."""
+    prefix, _, leaf = site_name.rpartition(".")
+    return f"{prefix}.head{head}.{leaf}" if prefix else f"head{head}.{leaf}"

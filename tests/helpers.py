@@ -96,3 +96,24 @@ class SendSignal(Callback):
 
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class KillAt(Callback):
+    """SIGKILLs its own process at optimizer step ``step`` of a fresh fit (a hard crash: no cleanup runs).
+
+    A resumed fit (started past step 0) is left alone, so the same config can be resumed.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self._fresh = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fresh = trainer.global_step == 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._fresh and trainer.global_step >= self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -156,8 +156,8 @@ def test_min_jump_and_bad_args() -> None:
 def test_scale_invariance() -> None:
     t = np.arange(0, 2000, 4.0)
     y = logistic(t, 0.1, 0.8, 900.0, 30.0)
-    a = detect_phase_change(t, y)
-    b = detect_phase_change(t * 1000 + 5e6, y * 1e-4 - 3.0)
+    a = detect_phase_change(t, y, scale=1.0)
+    b = detect_phase_change(t * 1000 + 5e6, y * 1e-4 - 3.0, scale=1e-4)  # the same curve in other units
     assert a is not None and b is not None
     assert (b.midpoint - 5e6) / 1000 == pytest.approx(a.midpoint, rel=1e-4)
     assert b.jump == pytest.approx(a.jump * 1e-4, rel=1e-4)
@@ -202,3 +202,35 @@ def test_loss_with_initial_transient_and_slow_tail_finds_the_middle_drop() -> No
     assert pc is not None and pc.direction == "drop"
     assert 400 < pc.midpoint < 500, pc
     assert "window" in pc.method
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chance_level_noise_is_never_a_phase_change(seed: int) -> None:
+    """An accuracy at chance (1/32 of 1024 eval sequences) and a quiet per-head score: nothing to report.
+
+    The old rule (jump relative to the curve's own range, fitted on windows) called such curves phase
+    changes; the absolute floor (5 % of an accuracy's [0, 1] range, 3 x point-to-point noise) does not.
+    """
+    from clamp.metrics.phase import phase_change_of
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(0, 3001, 50.0)
+    chance = rng.binomial(1024, 1 / 32, t.size) / 1024
+    assert phase_change_of("val/iw/acc", t, chance) is None
+    assert detect_phase_change(t, chance) is None  # unknown scale: the noise floor alone rejects it
+    th = np.arange(0, 3001, 100.0)
+    assert phase_change_of("task/query_to_match/L1H3", th, 0.2 + rng.normal(0, 0.01, th.size)) is None
+    # the same noise on top of a real transition still shows it, at the right place
+    rise = 1 / 32 + (0.95 - 1 / 32) / (1 + np.exp(-(t - 450.0) / 40.0)) + (chance - 1 / 32)
+    pc = phase_change_of("val/ic/acc", t, rise)
+    assert pc is not None and abs(pc.midpoint - 450.0) < 30
+
+
+def test_small_but_real_jump_needs_the_scale_to_count() -> None:
+    """A clean 0.03 -> 0.06 step is 3 points of accuracy: below 5 % of [0, 1], so not a phase change."""
+    from clamp.metrics.phase import phase_change_of
+
+    t = np.arange(0, 3001, 50.0)
+    y = logistic(t, 0.03, 0.03, 1500.0, 30.0)
+    assert detect_phase_change(t, y) is not None  # on its own scale it is a clean transition
+    assert phase_change_of("val/iw/acc", t, y) is None

@@ -611,7 +611,7 @@ class InterventionEngine:
                     raise RuntimeError(f"reference {key!r} is not loaded; call engine.load_references() first")
                 ref = self.references[key]
                 with torch.inference_mode():
-                    _, cache = ref.run_with_cache(*args, names=sorted(names), **kwargs)
+                    _, cache = ref.run_with_cache(*args, names=sorted(names), allow_missing_features=True, **kwargs)
                 self._sources[key] = {k: v.clone() for k, v in cache.items()}  # leave inference mode: usable in autograd
         finally:
             self._busy = False

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -47,7 +49,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from clamp.interventions.engine import InterventionEngine, intervene
 from clamp.metrics import curves, heads
-from clamp.metrics.phase import detect_phase_change
+from clamp.metrics.phase import curve_scale, phase_change_of
 from clamp.metrics.probes import needle_batch
 from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
 from clamp.preemption import stop_reason
@@ -261,6 +263,9 @@ class EmergenceCallback(Callback):
         for name, s in head_scores.items():
             metrics.update(head_scalars(name, s))
             self.last_heads[name] = s.numpy()
+            if torch.isfinite(s).any():  # the standout head, in a chart that "ignore outliers" cannot clip
+                metrics[f"{name}/max"] = float(s.nan_to_num(float("-inf")).max())
+                metrics[f"{name}/median"] = float(s.nanmedian())
         for k, v in metrics.items():
             if _finite(v):
                 self.history.setdefault(k, []).append((step, v))
@@ -270,8 +275,8 @@ class EmergenceCallback(Callback):
         # every probe scalar is usable like a self.log'd one (until schedules, monitors, early stopping)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in finite.items()})
         self._last_probe_step = step
-        if not self._layout_written:
-            self._write_layout(trainer, sorted(head_scores), pl_module)
+        if not self._layout_written:  # metrics without any finite value (not defined for this task) get no category
+            self._write_layout(trainer, [n for n in sorted(head_scores) if torch.isfinite(head_scores[n]).any()], pl_module)
         if self.heatmap_every_n_steps and step % self.heatmap_every_n_steps == 0:
             self._log_heatmaps(trainer, step)
 
@@ -280,13 +285,20 @@ class EmergenceCallback(Callback):
         return [lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_custom_scalars")]
 
     def _write_layout(self, trainer: L.Trainer, metric_names: list[str], pl_module: L.LightningModule) -> None:
+        """Custom-scalars layout: the headline curves first, then one category per head metric."""
         cfg = pl_module.model.cfg
-        layout = custom_scalar_layout(metric_names, cfg.n_layers, cfg.n_heads)
-        layout["accuracy"] = {
-            "in-context vs in-weights": ["Multiline", [r"^val/.*/acc$"]],
-            "loss": ["Multiline", [r"^train/loss$", r"^val/.*/loss$"]],
-            "clamp alphas": ["Multiline", [r"^clamp/alpha/.*"]],
+        headline: dict[str, list] = {
+            "accuracy per eval split (val/*/acc)": ["Multiline", [r"^val/.*/acc$"]],
+            "loss: training and per eval split": ["Multiline", [r"^train/loss$", r"^val/.*/loss$"]],
         }
+        if any(getattr(cb, "config_summary", None) and cb.config_summary() for cb in trainer.callbacks):
+            headline["clamp strength alpha per intervention"] = ["Multiline", [r"^clamp/alpha/.*"]]
+        layout = {"headline": headline}
+        first = {m: i for i, m in enumerate(HEAD_METRICS_FOR_PHASE)}  # the circuit's metrics before the rest
+        metric_names = sorted(metric_names, key=lambda m: (first.get(m, len(first)), m))
+        for name, charts in custom_scalar_layout(metric_names, cfg.n_layers, cfg.n_heads).items():
+            esc = re.escape(name)
+            layout[name] = {f"{name}: top head (max) vs median head": ["Multiline", [rf"^{esc}/(max|median)$"]], **charts}
         for tb in self._tensorboards(trainer):
             tb.add_custom_scalars(layout)
         self._layout_written = True
@@ -294,12 +306,16 @@ class EmergenceCallback(Callback):
     def _log_heatmaps(self, trainer: L.Trainer, step: int) -> None:
         for tb in self._tensorboards(trainer):
             for name, s in self.last_heads.items():
-                tb.add_image(f"heatmap/{name}", heatmap_image(s, f"{name} @ step {step}"), step, dataformats="HWC")
+                if not np.isfinite(s).any():
+                    continue  # a metric this task does not define: no blank image
+                unit = curve_scale(f"{name}/L0H0") == 1.0  # fixed 0..1 colours: the standout head stands out
+                img = heatmap_image(s, f"{name} @ step {step}", vmin=0.0 if unit else None, vmax=1.0 if unit else None)
+                tb.add_image(f"heatmap/{name}", img, step, dataformats="HWC")
 
     def _hp_metric_names(self, trainer: L.Trainer) -> list[str]:
         splits = getattr(trainer.datamodule, "eval_split_names", ()) if trainer.datamodule is not None else ()
-        names = [f"hp/{s}/{m}" for s in splits for m in ("acc_final", "loss_final", "acc_phase_midpoint")]
-        return names + ["hp/train/loss_final"]
+        names = [f"hp/{s}/{m}" for s in splits for m in ("acc_final", "loss_final", "acc_phase_onset", "acc_phase_midpoint", "acc_phase_end")]
+        return names + ["hp/train/loss_final", "hp/train/loss_phase_midpoint", "hp/run/steps"]
 
     def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """One HParams entry per run: model/optimizer/task config and the interventions, so runs compare side by side."""
@@ -309,7 +325,13 @@ class EmergenceCallback(Callback):
         for group, values in pl_module.hparams.items():
             if isinstance(values, Mapping):
                 params.update({f"{group}/{k}": v for k, v in values.items() if isinstance(v, (int, float, str, bool))})
-        task = getattr(trainer.datamodule, "task", None)
+        dm = trainer.datamodule
+        params["seed"] = int(getattr(dm, "seed", None) if getattr(dm, "seed", None) is not None else os.environ.get("PL_GLOBAL_SEED", -1))
+        params["trainer/max_steps"] = int(getattr(trainer, "max_steps", -1) or -1)
+        if getattr(dm, "batch_size", None) is not None:
+            # sequences per optimizer step, over every rank
+            params["data/batch_size"] = int(dm.batch_size) * getattr(trainer, "accumulate_grad_batches", 1) * getattr(trainer, "world_size", 1)
+        task = getattr(dm, "task", None)
         if task is not None:
             params["data/task"] = type(task).__name__
             params.update({f"data/{k}": v for k, v in vars(task).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))})
@@ -326,14 +348,16 @@ class EmergenceCallback(Callback):
                 writer.add_summary(summary)
 
     def _final_hp_metrics(self, trainer: L.Trainer, summary: Mapping[str, Any]) -> dict[str, float]:
-        out = {}
+        out: dict[str, float] = {"hp/run/steps": float(trainer.global_step)}
         for name in self._hp_metric_names(trainer):
             split, metric = name.split("/")[1:]
+            if split == "run":
+                continue
             tag = "train/loss" if split == "train" else f"val/{split}/{metric.split('_')[0]}"
             if metric.endswith("_final") and tag in summary["final"]:
                 out[name] = summary["final"][tag]
-            elif metric == "acc_phase_midpoint" and summary["phase_changes"].get(tag):
-                out[name] = summary["phase_changes"][tag]["midpoint"]
+            elif "_phase_" in metric and summary["phase_changes"].get(tag):
+                out[name] = summary["phase_changes"][tag][metric.rsplit("_", 1)[1]]
         return out
 
     # ------------------------------------------------------------------ lightning hooks
@@ -394,9 +418,8 @@ class EmergenceCallback(Callback):
         if self.last_heads:
             self._log_heatmaps(trainer, trainer.global_step)
         summary = self.summarize(trainer)
-        for logger in trainer.loggers:
-            flat = {f"phase/{c}/{k}": v for c, pc in summary["phase_changes"].items() if pc for k, v in pc.items() if isinstance(v, float)}
-            logger.log_metrics({**flat, **self._final_hp_metrics(trainer, summary)}, step=trainer.global_step)
+        for logger in trainer.loggers:  # phase changes: the HParams metrics and one text table, not a chart per number
+            logger.log_metrics(self._final_hp_metrics(trainer, summary), step=trainer.global_step)
         for tb in self._tensorboards(trainer):
             tb.add_text("phase_changes", _markdown_table(summary["phase_changes"]), trainer.global_step)
         if self._log_dir:
@@ -423,14 +446,14 @@ class EmergenceCallback(Callback):
         phases = {}
         for curve in self._phase_curves():
             points = [(s, v) for s, v in self.history[curve] if math.isfinite(v)]  # a diverged run's NaNs are no curve
-            pc = detect_phase_change(np.asarray([p[0] for p in points], float), np.asarray([p[1] for p in points], float)) if len(points) >= 2 else None
+            pc = phase_change_of(curve, np.asarray([p[0] for p in points], float), np.asarray([p[1] for p in points], float)) if len(points) >= 2 else None
             phases[curve] = pc.to_dict() if pc else None
         top = {}
         for name, s in sorted(self.last_heads.items()):
             flat = [(float(v), l, h) for (l, h), v in np.ndenumerate(s) if math.isfinite(float(v))]
             flat.sort(reverse=True)
             top[name] = [{"head": f"L{l}H{h}", "score": v} for v, l, h in flat[:3]]
-        final = {k: v[-1][1] for k, v in sorted(self.history.items()) if "/L" not in k}
+        final = {k: v[-1][1] for k, v in sorted(self.history.items()) if "/L" not in k and not k.endswith(("/max", "/median"))}
         clamps = [cb.config_summary() for cb in (trainer.callbacks if trainer else []) if hasattr(cb, "config_summary")]
         return {
             "step": trainer.global_step if trainer else None,
@@ -483,8 +506,8 @@ def _describe(item: Mapping[str, Any]) -> str:
 
 
 def _markdown_table(phases: Mapping[str, Mapping[str, Any] | None]) -> str:
-    rows = ["| curve | onset | midpoint | end | jump |", "|---|---|---|---|---|"]
+    rows = ["| curve | onset | midpoint | end | before -> after |", "|---|---|---|---|---|"]
     for curve, pc in phases.items():
         if pc:
-            rows.append(f"| {curve} | {pc['onset']:.0f} | {pc['midpoint']:.0f} | {pc['end']:.0f} | {pc['jump']:+.3f} |")
+            rows.append(f"| {curve} | {pc['onset']:.0f} | {pc['midpoint']:.0f} | {pc['end']:.0f} | {pc['before']:.3g} -> {pc['after']:.3g} |")
     return "\n".join(rows) if len(rows) > 2 else "no phase change detected"

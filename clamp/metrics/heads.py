@@ -364,7 +364,8 @@ def forward_with_cache(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.
     dev = next(model.parameters()).device
     inputs = [None if a is None else a.to(dev) for a in model_inputs(batch)]
     with torch.no_grad():
-        return model.run_with_cache(*inputs, names=_cache_names(model))
+        # a probe without features (repeated / random tokens) is token-only on purpose
+        return model.run_with_cache(*inputs, names=_cache_names(model), allow_missing_features="features" not in batch)
 
 
 def copying_score(model, batch: Mapping[str, torch.Tensor], cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -30,8 +30,18 @@ A fit is reported only if it is a *phase change*, otherwise ``None`` is returned
 * both plateaus are observed: at least ``max(3, 2 % of the points)`` lie before ``onset`` and after
   ``end`` (this is a constraint of the search, so a transition still under way at the last step,
   or an initial transient already under way at the first, is not reported);
-* ``|jump|`` exceeds ``min_jump``; by default ``max(3 * residual std, 0.2 * robust range)``
-  (range = 99th - 1st percentile), so pure noise and small wiggles are rejected;
+* ``|jump|`` exceeds ``min_jump``. By default that is the largest of
+
+  - ``3 x`` the residual std of the fit and ``0.2 x`` the robust range (99th - 1st percentile) of
+    the fitted points (so small wiggles on a large transition are not reported);
+  - ``3 x`` the point-to-point noise of the *whole* curve (robust: the median absolute deviation
+    of successive differences, / sqrt 2), so a window fitted on a quiet stretch cannot call a
+    noise-sized step a phase change;
+  - ``5 %`` of the curve's *scale*: the range of the quantity when it is known (``scale=1`` for
+    accuracies and attention fractions; :func:`phase_change_of` knows clamp's tags), else the
+    curve's largest magnitude ``max |y|``. A chance-level accuracy (1/32 +- 0.005) therefore
+    never shows a phase change, however good the fit looks on its own scale;
+* the fit explains the points: ``r2 >= 0.8`` on the fitted window;
 * it is sharp: the sigmoid must beat a straight line by at least ``0.4 % * jump**2`` of residual
   variance. For a centred transition this means ``width`` below about 0.55 x the observed span.
   A slow linear ramp over the whole range therefore returns ``None`` (it is a trend, not a
@@ -48,6 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -59,6 +70,8 @@ ArrayLike = Sequence[float] | np.ndarray
 METHOD = "logistic-lsq"
 LN9 = math.log(9.0)
 MIN_POINTS = 8
+MIN_JUMP_FRAC = 0.05  # default |jump| >= MIN_JUMP_FRAC * the curve's scale ...
+R2_MIN = 0.8  # ... and the fit must explain this much of the window's variance
 SUPPORT_FRAC = 0.02  # fraction of points required on each plateau
 NOISE_K = 3.0  # default |jump| >= NOISE_K * residual std ...
 RANGE_FRAC = 0.2  # ... and >= RANGE_FRAC * robust range
@@ -270,12 +283,14 @@ def detect_phase_change(
     *,
     direction: Direction = "auto",
     min_jump: float | None = None,
+    scale: float | None = None,
 ) -> PhaseChange | None:
     """Fit one logistic transition to ``values(steps)``; ``None`` if there is no significant, sharp one.
 
     ``direction`` restricts the search to rises or drops (``'auto'``: whichever fits best).
-    ``min_jump`` is an absolute threshold on ``|after - before|`` in value units; by default it is
-    ``max(3 * residual std, 0.2 * robust range)``. See the module docstring for the method.
+    ``min_jump`` is an absolute threshold on ``|after - before|`` in value units, replacing the
+    default rule; ``scale`` is the range of the quantity (e.g. 1 for an accuracy) for the default
+    rule (see the module docstring).
 
     If the whole curve holds no single clean transition (typically a loss curve whose initial
     transient runs into the phase change and whose slow decline follows it), the fit is repeated
@@ -285,7 +300,10 @@ def detect_phase_change(
     if direction not in ("auto", "rise", "drop"):
         raise ValueError(f"direction must be 'auto', 'rise' or 'drop', got {direction!r}")
     t, y = _clean(steps, values)
-    found = _detect(t, y, direction, min_jump)
+    if scale is not None and not scale > 0:
+        raise ValueError(f"scale must be > 0 (the range of the quantity), got {scale}")
+    floor = _jump_floor(y, scale) if min_jump is None and y.size else 0.0
+    found = _detect(t, y, direction, min_jump, floor)
     if found is not None or t.size < 2 * MIN_POINTS:
         return found
     candidates = []
@@ -297,14 +315,22 @@ def detect_phase_change(
             keep = (t >= t0 + a * span) & (t <= t0 + b * span)
             if keep.sum() < MIN_POINTS:
                 continue
-            pc = _detect(t[keep], y[keep], direction, min_jump)
+            pc = _detect(t[keep], y[keep], direction, min_jump, floor)
             if pc is not None:
                 window = f"{METHOD} (window {t[keep][0]:g}-{t[keep][-1]:g})"
                 candidates.append(PhaseChange(**{**pc.to_dict(), "method": window}))
     return max(candidates, key=lambda pc: abs(pc.jump), default=None)
 
 
-def _detect(t: np.ndarray, y: np.ndarray, direction: Direction, min_jump: float | None) -> PhaseChange | None:
+def _jump_floor(y: np.ndarray, scale: float | None) -> float:
+    """Smallest default ``|jump|`` from the whole curve: its point-to-point noise and its scale."""
+    d = np.diff(y)
+    noise = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0) if d.size else 0.0
+    size = scale if scale is not None else float(np.max(np.abs(y)))
+    return max(NOISE_K * noise, MIN_JUMP_FRAC * size)
+
+
+def _detect(t: np.ndarray, y: np.ndarray, direction: Direction, min_jump: float | None, floor: float = 0.0) -> PhaseChange | None:
     """The single-window fit and significance tests on cleaned, sorted points."""
     if t.size < MIN_POINTS or t[-1] <= t[0]:
         return None
@@ -323,12 +349,14 @@ def _detect(t: np.ndarray, y: np.ndarray, direction: Direction, min_jump: float 
     resid_std = math.sqrt(rss / max(n - 4, 1))
     if min_jump is None:
         lo, hi = np.percentile(yn, [1, 99])
-        threshold = max(NOISE_K * resid_std, RANGE_FRAC * float(hi - lo))
+        threshold = max(NOISE_K * resid_std, RANGE_FRAC * float(hi - lo), floor / y_std)
     else:
         threshold = float(min_jump) / y_std
     if abs(jump) < threshold or abs(jump) == 0:
         return None
     if (_line_rss(tn, yn) - rss) / n < SHARPNESS * jump**2:
+        return None
+    if tss <= 0 or 1.0 - rss / tss < R2_MIN:
         return None
 
     # Back to input units.
@@ -357,3 +385,21 @@ def detect_all(
     return {
         name: detect_phase_change(s, v, direction=direction, min_jump=min_jump) for name, (s, v) in curves.items()
     }
+
+
+#: Tags whose quantity lies in [0, 1] (accuracies, attention fractions, probabilities): scale 1.
+UNIT_RANGE_TAGS = (
+    "*/acc", "*/acc/*",
+    "*/prev_token/*", "*/induction/*", "*/prefix_matching/*", "*/retrieval/*", "*/attn_sink/*", "*/attn_sink",
+    "*/label_to_exemplar/*", "*/query_to_match/*", "*/query_to_exemplar/*",
+)  # fmt: skip
+
+
+def curve_scale(tag: str) -> float | None:
+    """The range of the quantity a logged tag holds: 1 for the tags in :data:`UNIT_RANGE_TAGS`, else unknown."""
+    return 1.0 if any(fnmatchcase(tag, p) for p in UNIT_RANGE_TAGS) else None
+
+
+def phase_change_of(tag: str, steps: ArrayLike, values: ArrayLike) -> PhaseChange | None:
+    """The phase change of the logged curve ``tag``: the one definition summary.json, TensorBoard and reports use."""
+    return detect_phase_change(steps, values, scale=curve_scale(tag))
