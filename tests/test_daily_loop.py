@@ -263,9 +263,10 @@ def test_validate_evaluates_a_run_without_a_new_run_folder(trained: tuple[Path, 
     assert f"{summary['final']['val/ic/acc']:.4g}" in printed or f"{summary['final']['val/ic/acc']}" in printed
     assert [d.name for d in run_dir.parent.iterdir()] == ["version_0"]
     assert not (Path.cwd() / "config.yaml").exists() and not (Path.cwd() / "checkpoints").exists()
-    with pytest.raises(SystemExit) as stop:  # one line, exit status 2 (a config problem)
-        printed = run_cli(["validate", "--config", str(DEFAULT)])
-    assert stop.value.code == 2
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as stop, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        main(["validate", "--config", str(DEFAULT)])
+    assert stop.value.code == 2 and "clamp: error: validate needs a trained model" in out.getvalue()  # one line
 
 
 def test_dashboard_headline_first_no_empty_categories_and_hparams_that_tell_runs_apart(trained: tuple[Path, str]) -> None:
