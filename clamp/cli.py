@@ -295,6 +295,7 @@ def _quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")  # clamp passes args on purpose
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # a resumed run's own folder
 
 
 def _with_run_config(args: list[str]) -> list[str]:
