@@ -3,7 +3,7 @@
 A sweep file names a base config, overrides for every run, a grid of conditions and the seeds::
 
     experiment: lr_study                 # runs land in <save_dir>/lr_study/<condition>/seed<k>/
-    base: ../induction_default.yaml      # relative to the sweep file
+    base: ../induction_default.yaml      # relative to the sweep file (a list: merged in order)
     save_dir: runs                       # optional (default: runs, relative to the working dir)
     seeds: 3                             # 0, 1, 2 (or a list: [0, 5, 7])
     overrides: {trainer.max_steps: 2000} # every run
@@ -13,6 +13,9 @@ A sweep file names a base config, overrides for every run, a grid of conditions 
 
 Override keys are dotted paths into the config; mappings merge, other values replace, and a key
 ending in ``+`` appends to a list (``trainer.callbacks+: [{class_path: clamp.ClampCallback, ...}]``).
+A level may also name config files, ``config: clamps/match.yaml`` (or a list), merged before its
+other overrides exactly as a further ``clamp fit --config`` would be, so a condition can reuse a
+clamp config instead of restating it.
 A condition's name joins its level names with ``_`` (``slow_n_heads=4``).
 
 Every run is an ordinary ``clamp fit --config <run>/run.yaml`` whose folder also holds
@@ -83,6 +86,37 @@ def _merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def merge_config(config: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """``other`` (a config file's contents) merged into ``config`` as a second ``--config`` is:
+    mappings merge, other values replace, a ``key+`` list appends to ``key``."""
+    out = copy.deepcopy(dict(config))
+    for key, value in other.items():
+        if key.endswith("+"):
+            out = apply_overrides(out, {key: value}, "config")
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _config_files(value: Any, where: Path, what: str) -> list[dict[str, Any]]:
+    """The contents of the config file(s) ``value`` names (paths relative to the sweep file)."""
+    paths = value if isinstance(value, list) else [value]
+    if not paths or not all(isinstance(v, str) and v for v in paths):
+        raise SweepError(f"{where}: {what} must be a config file path or a non-empty list of them, got {value!r}")
+    out = []
+    for rel in paths:
+        path = (where.parent / rel).resolve()
+        if not path.is_file():
+            raise SweepError(f"{where}: {what} {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SweepError(f"{where}: {what} {str(path)!r} is not a mapping")
+        out.append(loaded)
     return out
 
 
@@ -189,10 +223,9 @@ def load_sweep(path: str | Path, save_dir: str | None = None) -> list[Run]:
         if not spec.get(key):
             raise SweepError(f"{path}: `{key}` is required")
     experiment = str(spec["experiment"])
-    base_path = (path.parent / spec["base"]).resolve()
-    if not base_path.is_file():
-        raise SweepError(f"{path}: base config {str(base_path)!r} does not exist")
-    base = yaml.safe_load(base_path.read_text()) or {}
+    base: dict[str, Any] = {}
+    for loaded in _config_files(spec["base"], path, "base config"):
+        base = merge_config(base, loaded)
     base = apply_overrides(base, spec.get("overrides") or {}, f"{path}: overrides")
     root = Path(save_dir or spec.get("save_dir") or "runs")
     seeds = _seeds(spec.get("seeds", 1))
@@ -210,9 +243,16 @@ def load_sweep(path: str | Path, save_dir: str | None = None) -> list[Run]:
         seen.add(condition)
         levels = {axis: name for (axis, _), (name, _) in zip(axes, combo)}
         overrides: dict[str, Any] = {}
+        cond_cfg = base
         for _, ov in combo:
+            ov = dict(ov)
+            if "config" in ov:
+                files = ov.pop("config")
+                for loaded in _config_files(files, path, f"condition {condition!r}: config"):
+                    cond_cfg = merge_config(cond_cfg, loaded)
+                overrides.setdefault("config", []).extend(files if isinstance(files, list) else [files])
             overrides.update(ov)
-        cond_cfg = apply_overrides(base, overrides, f"{path}: condition {condition!r}")
+        cond_cfg = apply_overrides(cond_cfg, {k: v for k, v in overrides.items() if k != "config"}, f"{path}: condition {condition!r}")
         for seed in seeds:
             run_dir = root / experiment / condition / f"seed{seed}"
             run = Run(experiment, condition, levels, seed, overrides, {}, run_dir, str(path))

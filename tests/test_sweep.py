@@ -123,3 +123,26 @@ def test_jobs_run_as_separate_processes(tmp_path: Path) -> None:
         run = tmp_path / "runs" / "study" / "base" / f"seed{seed}"
         assert json.loads((run / "condition.json").read_text())["finished"]
         assert (run / "fit.log").exists() and (run / "config.yaml").exists()
+
+
+def test_base_list_and_level_config_files_merge_like_further_configs(tmp_path: Path) -> None:
+    clamp_file = tmp_path / "clamp.yaml"
+    clamp_file.write_text(yaml.safe_dump({"experiment": "ignored", "model": {"optimizer": {"lr": 0.5}}, "trainer": {"callbacks+": CLAMP["trainer.callbacks+"]}}))
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"data": {"eval_batch_size": 4, "batch_size": 2}}))
+    path = _sweep(tmp_path, grid={"clamp": {"none": {}, "l0h1": {"config": "clamp.yaml", "model.optimizer.warmup_steps": 0}}}, seeds=1)
+    spec = yaml.safe_load(path.read_text())
+    spec["base"] = [spec["base"], "extra.yaml"]
+    path.write_text(yaml.safe_dump(spec))
+    runs = {r.condition: r for r in load_sweep(path)}
+    none, l0h1 = runs["none"].config, runs["l0h1"].config
+    assert none["data"]["eval_batch_size"] == l0h1["data"]["eval_batch_size"] == 4  # from the second base file
+    assert none["data"]["batch_size"] == 8  # the sweep's overrides apply after the base files
+    classes = [c["class_path"] for c in l0h1["trainer"]["callbacks"]]
+    assert classes[:2] == ["lightning.pytorch.callbacks.ModelCheckpoint", "clamp.ClampCallback"]
+    assert l0h1["model"]["optimizer"]["lr"] == 0.5 and l0h1["model"]["optimizer"]["warmup_steps"] == 0
+    assert "clamp.ClampCallback" not in [c["class_path"] for c in none["trainer"]["callbacks"]]
+    assert runs["l0h1"].overrides["config"] == ["clamp.yaml"] and l0h1["experiment"] == "study/l0h1"
+    bad = _sweep(tmp_path, grid={"clamp": {"x": {"config": "missing.yaml"}}})
+    with pytest.raises(SweepError, match="condition 'x': config .*missing.yaml' does not exist"):
+        load_sweep(bad)
