@@ -587,8 +587,14 @@ def build_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)
 
 def main(argv: list[str] | None = None) -> None:
     """``clamp report`` / ``python -m clamp.report``: parse, write the report, print where it went."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(a.split("=")[0] in ("--group-by", "--group_by") for a in args):  # seeds pooled per sweep condition
+        from clamp.report_groups import main as groups_main
+
+        groups_main(args)
+        return
     parser = build_parser()
-    cfg = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = parser.parse_args(args)
     try:
         out_dir = report(runs=cfg.runs, out=cfg.out, tags=cfg.tags, labels=cfg.labels, formats=cfg.formats)
     except (FileNotFoundError, ReportError) as err:  # user errors: message + usage, exit 2, no traceback

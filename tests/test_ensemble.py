@@ -52,6 +52,8 @@ CLAMPS = [
     {"site": "layer1.head0.z", "op": {"kind": "mean", "over": "running"}},
     {"site": "layer0.resid_post", "op": {"kind": "noise", "std": 0.05}},
     {"site": "layer0.attn_out", "op": {"kind": "patch", "transform": "resample_batch"}, "features": [0, 1, 2], "during": ["train"]},
+    # batch-aware (reads match_pos): validation must hand each eval chunk to the member's clamps
+    {"site": "layer0.head0.pattern", "positions": [-1], "op": {"kind": "construct", "fn": "clamp.interventions.constructors.induction_pattern"}},
 ]
 
 

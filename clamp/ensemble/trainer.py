@@ -254,6 +254,10 @@ class EnsembleTrainer:
             sums = torch.zeros(n_members, 3)  # loss * n, acc * n, n
             for start in range(0, size, ebs):
                 batch = {k: v[:, start : start + ebs] for k, v in data.items()}
+                for trainer, m in zip(self.trainers, self.members):  # batch-aware clamps read this chunk's fields
+                    full = {k: v[start : start + ebs].to(self.settings.device) for k, v in m.datamodule.eval_set(split).items()}
+                    for cb in m.callbacks:
+                        cb.on_validation_batch_start(trainer, m.module, full, start // ebs)
                 logits = self.model(*model_inputs(batch))
                 for i in range(n_members):
                     mb = {k: v[i] for k, v in batch.items()}
