@@ -98,6 +98,10 @@ class TrainingModule(L.LightningModule):
             ``transformer``; its vocabulary and context default to the task's.
         optimizer: AdamW and learning-rate schedule.
         task: the data's :class:`TaskSpec` (linked automatically from the DataModule by the CLI).
+        compile: a ``torch.compile`` backend (``inductor``, ``aot_eager``, ...) for the model, or
+            ``None``. Interventions stay live: a changed clamp (an alpha, a hook attached or
+            released) is a guard failure that recompiles, so ramps cost compiles (after
+            ``torch._dynamo.config.cache_size_limit`` of them a frame runs eagerly, still correct).
 
     Each argument may also be a plain dict: that is how the hyper-parameters are stored in a
     checkpoint, so ``TrainingModule.load_from_checkpoint(path)`` rebuilds the module.
@@ -109,6 +113,7 @@ class TrainingModule(L.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),
         task: TaskSpec | None = None,
         hf: HFModelConfig | None = None,
+        compile: str | None = None,
     ) -> None:
         super().__init__()
         transformer = _as(TransformerConfig, transformer)
@@ -129,6 +134,12 @@ class TrainingModule(L.LightningModule):
             self.model_config = transformer.resolved(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx, d_feature=spec.d_feature, d_out=spec.d_out)
             self.model = Transformer(self.model_config)
             hparams["transformer"] = asdict(transformer)
+        if compile is not None:
+            backends = torch._dynamo.list_backends(exclude_tags=()) + ["inductor"]
+            if compile not in backends:
+                raise ValueError(f"model.compile={compile!r}; valid torch.compile backends: {sorted(set(backends))}")
+            self.model.compile(backend=compile)  # in place: same module, same sites and state_dict keys
+            hparams["compile"] = compile
         self.save_hyperparameters(hparams)
         self._nonfinite: torch.Tensor | None = None  # device flag: a non-finite loss since the last check
         self._last_finite_check = 0

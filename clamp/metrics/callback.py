@@ -362,6 +362,13 @@ class EmergenceCallback(Callback):
 
     # ------------------------------------------------------------------ lightning hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(getattr(trainer, "strategy", None), FSDPStrategy):
+            raise ValueError(
+                "EmergenceCallback probes run on global rank 0 only and read whole weight matrices, which a "
+                "sharded (FSDP) model cannot do; use trainer.strategy: ddp, or drop EmergenceCallback for FSDP runs"
+            )
         # trainer.log_dir is a collective under DDP (a broadcast): resolve it here, on every rank,
         # so the end-of-fit and on-exception writes on rank 0 need no other rank
         self._log_dir = trainer.log_dir or trainer.default_root_dir

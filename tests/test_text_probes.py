@@ -1,0 +1,53 @@
+"""Needle-in-a-haystack probe and the top-k vs random-k retrieval-head ablation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clamp.metrics import heads
+from clamp.metrics.probes import needle_batch, top_vs_random_ablation
+from models.hf import HFModelConfig
+
+
+def test_needle_batch_marks_exactly_the_copy_steps() -> None:
+    hay = torch.randint(0, 50, (6, 40), generator=torch.Generator().manual_seed(0))
+    b = needle_batch(hay, 5, 50, np.random.default_rng(0))
+    assert int(b["loss_mask"].sum()) == 6 * 4  # needle tokens 2..5 of the second copy
+    rows, pos = b["loss_mask"].nonzero(as_tuple=True)
+    src = b["copy_src"][rows, pos]
+    assert torch.equal(b["tokens"][rows, src], b["targets"][rows, pos])  # the source holds the token to predict
+    assert torch.all(src < 40 // 2 + 5) and torch.all(pos >= 35)
+    assert torch.equal(b["tokens"][:, 35:], b["tokens"][torch.arange(6)[:, None], b["needle_pos"][:, None] + torch.arange(5)])
+    untouched = torch.ones_like(hay, dtype=torch.bool)
+    untouched[:, 35:] = False
+    for r in range(6):
+        untouched[r, b["needle_pos"][r] : b["needle_pos"][r] + 5] = False
+    assert torch.equal(b["tokens"][untouched], hay[untouched])  # the rest is the real haystack
+    with pytest.raises(ValueError, match="needle_len=20 must be in 2..10"):
+        needle_batch(hay, 20, 50, np.random.default_rng(0))
+
+
+def test_top_vs_random_ablation_reports_both_sides() -> None:
+    torch.manual_seed(0)
+    model = HFModelConfig("gpt2", {"n_layer": 2, "n_head": 2, "n_embd": 16, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}).build(30, 32).eval()
+    batch = needle_batch(torch.randint(0, 30, (8, 32), generator=torch.Generator().manual_seed(1)), 4, 30, np.random.default_rng(1))
+    scores = torch.tensor([[0.1, 0.9], [0.0, 0.5]])
+    r = top_vs_random_ablation(model, batch, scores, k=2, n_random=3)
+    assert r["top"]["heads"] == ["L0H1", "L1H1"] and len(r["random"]) == 3
+    assert r["top"]["loss"] != r["baseline"]["loss"]
+    every = top_vs_random_ablation(model, batch, scores, k=4, n_random=1)  # all heads: top and random coincide
+    assert every["top"]["loss"] == pytest.approx(every["random"][0]["loss"])
+    assert heads.all_head_scores(model, batch)["retrieval"].shape == (2, 2)
+
+
+def test_emergence_callback_refuses_fsdp_clearly() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from clamp import EmergenceCallback
+
+    with pytest.raises(ValueError, match="FSDP.*trainer.strategy: ddp"):
+        EmergenceCallback().setup(SimpleNamespace(strategy=FSDPStrategy()), None, "fit")  # type: ignore[arg-type]
