@@ -1,0 +1,54 @@
+"""One figure per experiment: ICL score, best induction / previous-token / retrieval head, held-out loss, per run.
+
+    python experiments/natural_text/plot.py OUT.png RUN_DIR [RUN_DIR ...]
+
+Reads the runs' TensorBoard event files (what EmergenceCallback logged) and prints the table
+rows that RESULTS.md quotes.
+"""
+
+from __future__ import annotations
+
+import glob
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tbparse import SummaryReader  # noqa: E402
+
+PANELS = [
+    ("curves/task/icl_score", "ICL score (late - early token loss, nats)", None),
+    ("repeat/induction/L1", "best layer-1 induction score (repeated random tokens)", "max"),
+    ("task/prev_token/L0", "best layer-0 previous-token score (held-out text)", "max"),
+    ("needle/retrieval/L", "best retrieval score (needle)", "max"),
+    ("curves/needle/acc", "needle copy accuracy", None),
+    ("val/heldout/loss", "held-out loss", None),
+]
+
+
+def series(scalars, prefix: str, how: str | None):
+    rows = scalars[scalars.tag.str.startswith(prefix)] if how else scalars[scalars.tag == prefix]
+    return rows.groupby("step").value.max() if how else rows.set_index("step").value
+
+
+def main(out: str, *runs: str) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for run in runs:
+        scalars = SummaryReader(sorted(glob.glob(f"{run}/events.out.tfevents.*"))[-1]).scalars
+        label = run.rstrip("/").split("/")[-2]
+        for ax, (tag, title, how) in zip(axes.flat, PANELS):
+            s = series(scalars, tag, how)
+            ax.plot(s.index, s.values, label=label)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+        last = {tag: float(series(scalars, tag, how).iloc[-1]) for tag, _, how in PANELS if len(series(scalars, tag, how))}
+        print(f"| {label} | {int(scalars.step.max())} | " + " | ".join(f"{last.get(t, float('nan')):.3f}" for t, _, _ in PANELS) + " |")
+    for ax in axes.flat:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
