@@ -15,14 +15,15 @@ import argparse
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 import yaml
+from jsonargparse import ArgumentParser
 
 from clamp.interventions.engine import load_reference_state
 from clamp.metrics import heads
 from clamp.metrics.probes import needle_batch, top_vs_random_ablation
-from clamp.text import TextDataModule
 from models import Transformer, TransformerConfig
 from models.hf import HFModelConfig
 
@@ -47,9 +48,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
-    dm = TextDataModule(**cfg["data"]["init_args"])
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(L.LightningDataModule, "data")
+    dm = parser.instantiate(parser.parse_object({"data": cfg["data"]})).data  # the run's own held-out data
     model = load_model(args.run)
-    hay = dm.eval_set()["tokens"]
+    hay = dm.eval_set(dm.eval_split_names[0])["tokens"]
     half = len(hay) // 2
     select = needle_batch(hay[:half], args.needle_len, model.cfg.d_vocab, np.random.default_rng(1))
     test = needle_batch(hay[half:], args.needle_len, model.cfg.d_vocab, np.random.default_rng(2))
