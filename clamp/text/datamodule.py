@@ -315,7 +315,7 @@ class TextDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         trainer = getattr(self, "trainer", None)
-        if trainer is None:
+        if trainer is None or trainer.logger is None:  # no run folder (logger: false): nothing to copy
             return
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         if trainer.is_global_zero and log_dir:
