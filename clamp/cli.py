@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
         _run(argv, args)
     except SIGTERMException:
         sig = received_signal() or signal.SIGTERM
-        print(f"clamp: stopped by {signal.Signals(sig).name}; checkpoint and summary.json (complete: false) saved", file=sys.stderr)
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP: one line, from the launching process
+            print(f"clamp: stopped by {signal.Signals(sig).name}; checkpoint and summary.json (complete: false) saved", file=sys.stderr)
         sys.exit(128 + int(sig))
     except KeyboardInterrupt:
         print("clamp: aborted (second Ctrl+C): no checkpoint saved", file=sys.stderr)

@@ -1,10 +1,10 @@
 """Stop cleanly on SIGTERM (cluster preemption) and SIGINT (Ctrl+C): checkpoint, summary, non-zero exit.
 
-Lightning turns SIGTERM into a flag that every rank sees at the next step boundary (it is
-broadcast from rank 0 under DDP) and then raises ``SIGTERMException``. :class:`GracefulStop`
-routes the first SIGINT into the same flag, so both signals stop between optimizer steps, and on
-that exception saves ``last.ckpt`` in the checkpoint folder (all ranks take part, as a checkpoint
-needs). ``EmergenceCallback`` writes ``summary.json`` marked ``"complete": false``. A second
+Lightning stops with ``SIGTERMException`` after the step in which its SIGTERM flag was set.
+:class:`GracefulStop` sets that flag for SIGTERM and the first SIGINT; under DDP the ranks first
+agree (an all-reduce at the end of every step, since a signal reaches ranks at different points),
+so every rank stops after the same step. On that exception it saves ``last.ckpt`` in the
+checkpoint folder (all ranks take part, as a checkpoint needs). ``EmergenceCallback`` writes ``summary.json`` marked ``"complete": false``. A second
 Ctrl+C aborts at once, without a checkpoint. The ``clamp`` command exits with 128 + the signal
 number (130 for SIGINT, 143 for SIGTERM).
 """
@@ -44,27 +44,42 @@ class GracefulStop(Callback):
     def __init__(self) -> None:
         self._previous: dict[int, tuple[Any, Any]] = {}  # signal -> (our handler, the one it replaced)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # installed here, after Lightning registered its own SIGTERM handler (which this one replaces)
         _received.clear()
         if threading.current_thread() is not threading.main_thread():
             return
-        lightning_term = signal.getsignal(signal.SIGTERM)
+        # the handlers only note the signal: no collective may run inside a signal handler (Lightning's
+        # own SIGTERM handler broadcasts there, which deadlocks DDP when ranks are signalled at different
+        # points); under DDP the ranks agree at the next step boundary (on_train_batch_end)
+        distributed = trainer.world_size > 1
+
+        def note(signum: int) -> None:
+            _received.append(signum)
+            if not distributed:
+                trainer._signal_connector.received_sigterm = True  # Lightning stops after this step
 
         def on_term(signum: int, frame: Any) -> None:
-            _received.append(signum)
-            if callable(lightning_term):
-                lightning_term(signum, frame)  # Lightning's: sets the flag, forwards to DDP children
+            first = not _received
+            note(signum)
+            launcher = trainer.strategy.launcher
+            if first and launcher is not None and getattr(launcher, "procs", None):
+                launcher.kill(signum)  # rank 0 of a script launch: pass it on to the other ranks
 
         def on_int(signum: int, frame: Any) -> None:
-            if _received:  # second press: abort now
+            if signal.SIGINT in _received:  # second press: abort now
                 raise KeyboardInterrupt
-            _received.append(signum)
+            note(signum)
             rank_zero_info("\nSIGINT: saving a checkpoint after this step, then stopping (Ctrl+C again aborts without one)")
-            trainer._signal_connector.received_sigterm = True
 
-        self._previous = {signal.SIGTERM: (on_term, lightning_term), signal.SIGINT: (on_int, signal.getsignal(signal.SIGINT))}
+        self._previous = {signal.SIGTERM: (on_term, signal.getsignal(signal.SIGTERM)), signal.SIGINT: (on_int, signal.getsignal(signal.SIGINT))}
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.world_size > 1:  # one tiny all-reduce per step: every rank stops at the same step
+            if trainer.strategy.reduce_boolean_decision(bool(_received), all=False):
+                trainer._signal_connector.received_sigterm = True
 
     def _restore(self) -> None:
         for sig, (ours, before) in self._previous.items():
@@ -78,7 +93,7 @@ class GracefulStop(Callback):
                 # every rank is here (the flag is broadcast at a step boundary), so the collective save is safe
                 dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints"
                 path = Path(dirpath) / "last.ckpt"
-                trainer.save_checkpoint(path)
+                trainer.save_checkpoint(path, weights_only=False)  # the full state, so resuming is exact
                 rank_zero_info(f"{stop_reason(exception)}: saved {path} at step {trainer.global_step}")
         finally:
             self._restore()

@@ -330,8 +330,8 @@ class Constant(Op):
     def validate(self) -> None:
         try:
             self._tensor = _load_tensor(self.value)
-        except (ValueError, TypeError, RuntimeError) as e:  # ragged lists, unreadable files
-            raise ValueError(f"op 'constant' field `value`={_short(self.value)}: {e}") from None
+        except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:  # ragged lists, missing or unreadable files
+            raise (FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError)(f"op 'constant' field `value`={_short(self.value)}: {e}") from None
 
     def check_site(self, ctx: OpContext, shape: tuple[int, ...]) -> None:
         assert self._tensor is not None

@@ -57,6 +57,21 @@ CHECKPOINT = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init
 class Result(dict):
     """rc, err (stderr text), runs (the save_dir), tmp (the case's folder)."""
 
+    __getattr__ = dict.__getitem__
+
+
+def _ordered(args: list[str], runs: Path) -> list[str]:
+    """Config files first, then the shrinking flags, then the case's own flags (later ones win)."""
+    configs, rest, i = [], [], 0
+    while i < len(args):
+        if args[i] == "--config" and i + 1 < len(args):
+            configs += args[i : i + 2]
+            i += 2
+        else:
+            rest.append(args[i])
+            i += 1
+    return ["--config", str(DEFAULT), *configs, *SHRINK, "--trainer.logger.init_args.save_dir", str(runs), *rest]
+
 
 def run_cli(tmp: Path, args: list[str], timeout: float = 240) -> Result:
     """``clamp fit`` in a forked child: exit status and stderr, with a timeout."""
@@ -72,7 +87,7 @@ def run_cli(tmp: Path, args: list[str], timeout: float = 240) -> Result:
             os.dup2(devnull, 1)
             sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True)
             os.chdir(tmp)
-            argv = ["fit", *SHRINK, "--trainer.logger.init_args.save_dir", str(runs), *args]
+            argv = ["fit", *_ordered(args, runs)]
             sys.argv = ["clamp", *argv]
             clamp_main(argv)
         except SystemExit as e:
@@ -100,7 +115,7 @@ def run_cli(tmp: Path, args: list[str], timeout: float = 240) -> Result:
 def run_subprocess(tmp: Path, args: list[str], timeout: float = 400, kill_when: Callable[[], bool] | None = None) -> Result:
     """``python -m clamp.cli fit`` in a real subprocess (DDP launches ranks by re-running the command)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "clamp.cli", "fit", *SHRINK, "--trainer.logger.init_args.save_dir", str(tmp / "runs"), *args]
+    cmd = [sys.executable, "-m", "clamp.cli", "fit", *_ordered(args, tmp / "runs")]
     with open(tmp / "stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         deadline = time.time() + timeout
@@ -124,7 +139,7 @@ def config(tmp: Path, callbacks: list[dict] | None = None, **sections: Any) -> l
         body.setdefault("trainer", {})["callbacks"] = callbacks
     path = tmp / f"case{len(list(tmp.glob('case*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(body))
-    return ["--config", str(DEFAULT), "--config", str(path)]
+    return ["--config", str(path)]  # after the default experiment's file (see _ordered)
 
 
 def clamps(*interventions: dict, emergence: bool = True) -> list[dict]:
@@ -206,7 +221,7 @@ bad("unknown op parameter", ["foo", "valid"], one(iv(op={"kind": "zero", "foo": 
 bad("scale without k", ["scale", "`k`"], one(iv(op={"kind": "scale"})))
 bad("scale k is a string", ["`k`", "half"], one(iv(op={"kind": "scale", "k": "half"})))
 bad("constant without value", ["constant", "`value`"], one(iv(op={"kind": "constant"})))
-bad("constant wrong shape", ["constant", "[1, 2, 3]", "layer0.resid_post"], one(iv("layer0.resid_post", {"kind": "constant", "value": [1.0, 2.0, 3.0]})))
+bad("constant wrong shape", ["constant", "[3]", "layer0.resid_post"], one(iv("layer0.resid_post", {"kind": "constant", "value": [1.0, 2.0, 3.0]})))
 bad("constant ragged list", ["`value`"], one(iv("layer0.resid_post", {"kind": "constant", "value": [[1.0], [1.0, 2.0]]})))
 bad("constant file missing", ["`value`", "nope.npy"], one(iv("layer0.resid_post", {"kind": "constant", "value": "nope.npy"})))
 bad("constant bad suffix", ["`value`", "suffix"], lambda tmp: ((tmp / "v.txt").write_text("1"), one(iv("layer0.resid_post", {"kind": "constant", "value": str(tmp / "v.txt")}))(tmp))[1])
@@ -308,7 +323,7 @@ bad("experiment absolute", ["experiment", "/tmp/abs"], lambda tmp: ["--experimen
 bad("unknown callback class", ["clamp.Nope"], lambda tmp: config(tmp, [{"class_path": "clamp.Nope"}]))
 bad("unknown task class", ["synthetic_data.Nope"], lambda tmp: config(tmp, data={"task": {"class_path": "synthetic_data.Nope"}}))
 bad("emergence every_n_steps 0", ["every_n_steps"], lambda tmp: config(tmp, [{"class_path": "clamp.EmergenceCallback", "init_args": {"every_n_steps": 0}}]))
-bad("config file missing", ["nope.yaml"], lambda tmp: ["--config", "nope.yaml"])
+bad("config file missing", ["nope.yaml", "no such file"], lambda tmp: ["--config", "nope.yaml"])
 bad("config file empty", ["empty"], lambda tmp: ((tmp / "e.yaml").write_text(""), ["--config", str(tmp / "e.yaml")])[1])
 bad("config file is a list", ["mapping"], lambda tmp: ((tmp / "l.yaml").write_text("- 1\n- 2\n"), ["--config", str(tmp / "l.yaml")])[1])
 bad("config file not YAML", ["YAML"], lambda tmp: ((tmp / "b.yaml").write_text("a: [1, 2\n"), ["--config", str(tmp / "b.yaml")])[1])
