@@ -57,7 +57,7 @@ class TransformerConfig:
             d_feature=self.d_feature or d_feature,
         )
         cfg.d_out = self.d_out or d_out or cfg.d_vocab
-        cfg.d_head = self.d_head or cfg.d_model // cfg.n_heads
+        cfg.d_head = self.d_head or (cfg.d_model // cfg.n_heads if cfg.n_heads > 0 else 0)  # n_heads <= 0: validate names it
         cfg.d_mlp = self.d_mlp or 4 * cfg.d_model
         cfg.validate()
         return cfg

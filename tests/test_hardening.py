@@ -276,3 +276,8 @@ def test_accumulated_steps_probe_once(tmp_path: Path) -> None:
     assert probes == [0, 2, 4, 6]
     steps = [s for s, _ in emerge.history["train/loss"]]
     assert steps == sorted(set(steps))  # one loss point per optimizer step
+
+
+def test_zero_heads_is_a_named_config_error_not_a_division_by_zero() -> None:
+    with pytest.raises(ValueError, match="n_heads must be > 0, got 0"):
+        TransformerConfig(n_heads=0).resolved(d_vocab=4, n_ctx=4)

@@ -497,11 +497,11 @@ CASES += [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "experiments" / "audit" / "results.json"))
-    ap.add_argument("-k", default="", help="only cases whose name contains this")
+    ap.add_argument("-k", default="", help="only cases whose name or group contains one of these '|'-separated strings")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="clamp-audit-") as root:
-        for i, (name, group, fn) in enumerate(c for c in CASES if args.k in c[0]):
+        for i, (name, group, fn) in enumerate(c for c in CASES if any(k in c[0] or k in c[1] for k in args.k.split("|"))):
             tmp = Path(root) / f"case{i:03d}"
             tmp.mkdir()
             t0 = time.time()
