@@ -71,6 +71,10 @@ def load_eval_batch(config: str | Path, split: str | None = None, size: int | No
     """``(split, batch)``: the fixed eval set a run was validated on, rebuilt from its ``config.yaml``."""
     cfg = yaml.safe_load(Path(config).read_text())
     data = cfg.get("data") or {}
+    if "class_path" in data:  # the DataModule written as class_path/init_args
+        if data["class_path"].rsplit(".", 1)[-1] != SyntheticDataModule.__name__:
+            raise AnalyzeError(f"{config}: data.class_path={data['class_path']!r}; clamp analyze supports synthetic_data.SyntheticDataModule")
+        data = data.get("init_args") or {}
     task_cfg = data.get("task") or {}
     if "class_path" not in task_cfg:
         raise AnalyzeError(f"{config}: data.task has no class_path")

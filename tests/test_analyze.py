@@ -103,6 +103,9 @@ def test_preserved_patterns_come_from_the_clean_pass(tmp_path: Path) -> None:
 
 def test_cli_writes_json_markdown_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = _run(tmp_path)
+    # configs written with the DataModule as class_path/init_args read the same
+    cfg = dict(CONFIG, data={"class_path": "synthetic_data.SyntheticDataModule", "init_args": CONFIG["data"]})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     main(["analyze", str(run / "checkpoints" / "last.ckpt"), "--eval_size", "64"])
     out = run / "analysis" / "last"
     result = json.loads((out / "analysis.json").read_text())
