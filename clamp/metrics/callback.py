@@ -135,6 +135,7 @@ class EmergenceCallback(Callback):
         self._layout_written = False
         self._log_dir: str | None = None
         self._last_probe_step: int | None = None
+        self._heatmap_step: int | None = None  # step of the last heatmaps written (the final probe's are not redrawn)
         self._skipped: set[str] = set()
 
     # ------------------------------------------------------------------ probe sets
@@ -304,6 +305,9 @@ class EmergenceCallback(Callback):
         self._layout_written = True
 
     def _log_heatmaps(self, trainer: L.Trainer, step: int) -> None:
+        if step == self._heatmap_step:
+            return
+        self._heatmap_step = step
         for tb in self._tensorboards(trainer):
             for name, s in self.last_heads.items():
                 if not np.isfinite(s).any():

@@ -1,0 +1,482 @@
+"""End-to-end benchmark: clamp against a plain PyTorch loop, TransformerLens and pyvene, and ensembles.
+
+Everything is measured in this one run, side by side, with one torch thread (tiny models run
+fastest that way, and ratios from different runs of a shared machine are not comparable):
+
+1. ``clamp fit`` of the default experiment (with and without the emergence callback) against a
+   minimal hand-written PyTorch loop doing the same training (model, data stream, AdamW, warmup,
+   gradient clipping) and the same validation cadence on the same eval sets;
+2. per training step: clamp idle / head ablation / clamp-to-reference against a plain step, and
+   the same head ablation through TransformerLens hooks and through pyvene (optional
+   dependencies: ``pip install transformer_lens pyvene``), all on token inputs of the default shape;
+3. ``clamp sweep --ensemble``'s loop: an ensemble of N seeds against N sequential ``clamp fit`` runs;
+4. peak memory (max RSS of a fresh process) of training with and without a reference model.
+
+    python experiments/benchmarks/run.py                 # writes experiments/benchmarks/RESULTS.md
+    python experiments/benchmarks/run.py --quick true    # a smoke run (a few steps of everything)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "experiments" / "induction_default.yaml"
+OUT = Path(__file__).resolve().parent / "RESULTS.md"
+
+TARGETS = {  # issue 12
+    "fit_vs_plain": ("clamp fit without emergence / plain loop", 1.15),
+    "emergence": ("clamp fit with emergence / without", 1.15),
+    "ablation": ("head ablation step / plain step", 1.05),
+    "reference": ("clamp-to-reference step / plain step", 1.3),
+    "ens8": ("ensemble of 8 / one run (wall time)", 2.0),
+    "ens16": ("ensemble of 16 / one run (wall time)", 3.0),
+}
+
+
+# ---------------------------------------------------------------------------------- configs
+def default_config() -> dict[str, Any]:
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+def fit_config(steps: int, emergence: bool, save_dir: str, **data: Any) -> dict[str, Any]:
+    """The default experiment, shortened to ``steps``, logging under ``save_dir``, optionally without emergence."""
+    cfg = default_config()
+    cfg["trainer"]["max_steps"] = steps
+    cfg["trainer"]["enable_progress_bar"] = False
+    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": save_dir, "name": "bench", "default_hp_metric": False}}
+    if not emergence:
+        cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"] if not c["class_path"].endswith("EmergenceCallback")]
+    cfg["data"].update(data)
+    return cfg
+
+
+def time_clamp_fit(cfg: dict[str, Any], tmp: Path) -> float:
+    from clamp.cli import cli_main
+
+    path = tmp / f"fit_{time.time_ns()}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    cli_main(["fit", "--config", str(path)])
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------- the plain loop
+def plain_loop(cfg: dict[str, Any]) -> float:
+    """What a researcher would write by hand: the same model, data, optimizer, clipping and validation cadence."""
+    from models import Transformer, TransformerConfig
+    from synthetic_data import BurstyClassification
+    from synthetic_data.base import batch_rng
+
+    t0 = time.perf_counter()
+    seed, data, trainer, opt_cfg = cfg["seed_everything"], cfg["data"], cfg["trainer"], cfg["model"]["optimizer"]
+    torch.manual_seed(seed)
+    task = BurstyClassification(**data["task"]["init_args"])
+    task.setup(seed)
+    spec = task.spec
+    model = Transformer(TransformerConfig(**cfg["model"]["transformer"]).resolved(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx, d_feature=spec.d_feature, d_out=spec.d_out))
+    opt = torch.optim.AdamW(model.parameters(), lr=opt_cfg["lr"])
+    warmup = opt_cfg["warmup_steps"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    evals = {name: task.sample(batch_rng(seed, 1 + i, 0), data["eval_size"], name) for i, name in enumerate(task.eval_splits)}
+    ebs = data.get("eval_batch_size", 512)
+
+    def loss_acc(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch["tokens"], batch["features"], batch["feature_mask"])[:, -1]
+        target = batch["targets"][:, -1]
+        return F.cross_entropy(logits, target), (logits.argmax(-1) == target).float().mean()
+
+    history = []
+    for step in range(trainer["max_steps"]):
+        batch = task.sample(batch_rng(seed, 0, step), data["batch_size"], "train")
+        loss, _ = loss_acc(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer["gradient_clip_val"])
+        opt.step()
+        sched.step()
+        if (step + 1) % trainer["log_every_n_steps"] == 0:
+            history.append(float(loss.detach()))
+        if (step + 1) % trainer["val_check_interval"] == 0:
+            model.eval()
+            with torch.no_grad():
+                for ev in evals.values():
+                    [loss_acc({k: v[i : i + ebs] for k, v in ev.items()}) for i in range(0, len(ev["tokens"]), ebs)]
+            model.train()
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------- per-step comparisons
+def _token_batch(batch: int, n_ctx: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (batch, n_ctx), generator=g), torch.randint(0, vocab - 1, (batch,), generator=g)
+
+
+def step_timings(rounds: int, steps: int) -> dict[str, float | None]:
+    """Median ms per training step of each configuration, timed round-robin (drifts hit all alike)."""
+    from clamp.interventions import InterventionEngine
+    from models import Transformer, TransformerConfig
+
+    mc = default_config()["model"]["transformer"]
+    batch, n_ctx, vocab = 128, 5, 33
+    tokens, targets = _token_batch(batch, n_ctx, vocab)
+    torch.manual_seed(0)
+    base = Transformer(TransformerConfig(**mc).resolved(d_vocab=vocab, n_ctx=n_ctx, d_out=vocab - 1))
+    steppers: dict[str, Callable[[], None]] = {}
+
+    def clamp_stepper(interventions: list[dict[str, Any]] | None) -> Callable[[], None]:
+        model = copy.deepcopy(base)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        engine = InterventionEngine(model, interventions, seed=0) if interventions is not None else None
+        if engine is not None:
+            engine.load_references()
+        state = {"step": 0}
+
+        def step() -> None:
+            if engine is not None:
+                engine.mode = "train"
+                engine.update(state["step"])
+            loss = F.cross_entropy(model(tokens)[:, -1], targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state["step"] += 1
+
+        return step
+
+    steppers["clamp plain"] = clamp_stepper(None)
+    steppers["clamp idle engine"] = clamp_stepper([{"site": "layer0.head1.z", "op": {"kind": "zero"}, "schedule": {"start": 10**9}}])
+    steppers["clamp head ablation"] = clamp_stepper([{"site": "layer0.head1.z", "op": {"kind": "zero"}}])
+    steppers["clamp clamp_to_reference"] = clamp_stepper([{"site": "layer0.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}])
+    unavailable: dict[str, str] = {}
+    try:
+        steppers.update(_lens_steppers(mc, batch, n_ctx, vocab, tokens, targets))
+    except ImportError as e:
+        unavailable["TransformerLens / pyvene"] = str(e)
+    for fn in steppers.values():  # warm-up
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for r in range(rounds):
+        for name in list(steppers) if r % 2 == 0 else list(steppers)[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                steppers[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3 / steps)
+    out: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
+    out["_unavailable"] = unavailable
+    return out
+
+
+def _lens_steppers(mc: dict[str, Any], batch: int, n_ctx: int, vocab: int, tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """The same model and head ablation (zero L0H1's z) in TransformerLens (hooks) and pyvene (on the TL model)."""
+    import transformer_lens as tl
+
+    cfg = tl.HookedTransformerConfig(
+        n_layers=mc["n_layers"], d_model=mc["d_model"], n_heads=mc["n_heads"], d_head=mc["d_model"] // mc["n_heads"], n_ctx=n_ctx,
+        d_vocab=vocab, d_vocab_out=vocab - 1, attn_only=True, normalization_type="LN", positional_embedding_type="standard", seed=0, device="cpu",
+    )
+
+    def zero_head(z: torch.Tensor, hook: Any) -> torch.Tensor:  # z: [batch, pos, head, d_head]
+        z = z.clone()
+        z[:, :, 1] = 0.0
+        return z
+
+    def make(kind: str) -> Callable[[], None]:
+        model = tl.HookedTransformer(cfg)
+        run: Callable[[], torch.Tensor]
+        if kind == "pyvene":
+            import pyvene as pv
+
+            class ZeroHead(pv.SourcelessIntervention):
+                def __init__(self, **kw: Any) -> None:
+                    super().__init__(**kw, keep_last_dim=True)
+
+                def forward(self, base: torch.Tensor, source: Any = None, subspaces: Any = None) -> torch.Tensor:
+                    mask = torch.ones(base.shape[2], 1, dtype=base.dtype)
+                    mask[1] = 0.0
+                    return base * mask
+
+            model.config = model.cfg  # pyvene reads `model.config`
+            pvm = pv.IntervenableModel({"component": "blocks[0].attn.hook_z.output", "intervention": ZeroHead()}, model=model)
+            pvm.enable_model_gradients()
+            run = lambda: pvm(base={"input": tokens})[1]  # noqa: E731
+        elif kind == "hooks":
+            model.add_hook("blocks.0.attn.hook_z", zero_head)
+            run = lambda: model(tokens)  # noqa: E731
+        else:
+            run = lambda: model(tokens)  # noqa: E731
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step() -> None:
+            loss = F.cross_entropy(run()[:, -1], targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    return {"TransformerLens plain": make("plain"), "TransformerLens head ablation (hooks)": make("hooks"), "pyvene head ablation (on the TL model)": make("pyvene")}
+
+
+# ---------------------------------------------------------------------------------- ensembles
+def ensemble_timings(sizes: list[int], steps: int, tmp: Path, emergence: bool) -> dict[str, float]:
+    """Wall time of one ``clamp fit`` run and of ensembles of N seeds, through the sweep's own code paths."""
+    from clamp.ensemble.runner import train_ensemble
+    from clamp.sweep import load_sweep
+
+    base = fit_config(steps, emergence, str(tmp / "unused"))
+    base_path = tmp / "ens_base.yaml"
+    base_path.write_text(yaml.safe_dump(base))
+    out: dict[str, float] = {}
+    seq_path = tmp / "seq.yaml"
+    seq_path.write_text(yaml.safe_dump({"experiment": "one", "base": str(base_path), "seeds": 1}))
+    run = load_sweep(seq_path, str(tmp / f"one_{time.time_ns()}"))[0]
+    run.write_config()
+    from clamp.cli import cli_main
+
+    t0 = time.perf_counter()
+    cli_main(run.fit_args())
+    out["one run"] = time.perf_counter() - t0
+    for n in sizes:
+        sweep = tmp / f"ens{n}.yaml"
+        sweep.write_text(yaml.safe_dump({"experiment": f"ens{n}", "base": str(base_path), "seeds": n}))
+        runs = load_sweep(sweep, str(tmp / f"ens_{time.time_ns()}"))
+        for r in runs:
+            r.write_config()
+        t0 = time.perf_counter()
+        train_ensemble(runs)
+        out[f"ensemble of {n}"] = time.perf_counter() - t0
+    return out
+
+
+# ---------------------------------------------------------------------------------- memory
+LARGE = {"n_context": 32, "d_model": 256, "batch_size": 256}  # a setting where activations, not imports, dominate memory
+
+
+def memory_child(reference: bool, steps: int, large: bool = False) -> None:
+    """Train ``steps`` of the default model (or ``LARGE``), with or without clamping every pattern to a
+    reference model, and print the peak RSS in MiB before and after training."""
+    from clamp.interventions import InterventionEngine
+    from models import Transformer, TransformerConfig
+    from synthetic_data import BurstyClassification
+    from synthetic_data.base import batch_rng
+
+    torch.set_num_threads(1)
+    cfg = default_config()
+    if large:
+        cfg["data"]["task"]["init_args"]["n_context"] = LARGE["n_context"]
+        cfg["model"]["transformer"]["d_model"] = LARGE["d_model"]
+        cfg["data"]["batch_size"] = LARGE["batch_size"]
+    task = BurstyClassification(**cfg["data"]["task"]["init_args"])
+    task.setup(0)
+    s = task.spec
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(**cfg["model"]["transformer"]).resolved(d_vocab=s.d_vocab, n_ctx=s.n_ctx, d_feature=s.d_feature, d_out=s.d_out))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ivs = [{"site": "layer*.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}] if reference else []
+    engine = InterventionEngine(model, ivs, seed=0)
+    engine.load_references()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for step in range(steps):
+        engine.update(step)
+        b = task.sample(batch_rng(0, 0, step), cfg["data"]["batch_size"], "train")
+        loss = F.cross_entropy(model(b["tokens"], b["features"], b["feature_mask"])[:, -1], b["targets"][:, -1])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mib": peak, "before_training_mib": before}))
+
+
+def memory(steps: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for large in (False, True):
+        for ref in (False, True):
+            code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r}); import run; run.memory_child({ref}, {steps}, {large})"
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+            name = f"{'large' if large else 'default'} model, {'with' if ref else 'without'} reference"
+            out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+# ---------------------------------------------------------------------------------- report
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none used"
+    return f"{cpu}, {os.cpu_count()} cores visible, GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}, 1 torch thread"
+
+
+def _row(name: str, value: float, key: str | None = None) -> str:
+    if key is None:
+        return f"| {name} | {value:.2f}x | | |"
+    label, target = TARGETS[key]
+    return f"| {name} | {value:.2f}x | <= {target:g}x | {'met' if value <= target else 'NOT met'} |"
+
+
+def bench(
+    steps: int = 600,
+    ensemble_steps: int = 200,
+    ensemble_sizes: list[int] = [1, 4, 8, 16],  # noqa: B006 (jsonargparse default)
+    repeats: int = 2,
+    rounds: int = 7,
+    step_count: int = 30,
+    memory_steps: int = 200,
+    quick: bool = False,
+    out: str = str(OUT),
+) -> str:
+    """Run every measurement and write the report.
+
+    Args:
+        steps: training steps of each ``clamp fit`` / plain-loop run.
+        ensemble_steps: steps of each ensemble and of its one-run baseline.
+        ensemble_sizes: ensemble sizes N to time.
+        repeats: interleaved repeats of the fit comparisons (median reported).
+        rounds: round-robin rounds of the per-step comparisons.
+        step_count: steps per configuration per round.
+        memory_steps: training steps of each memory measurement.
+        quick: a smoke run: a few steps of everything (numbers meaningless).
+        out: where to write the report.
+    """
+    torch.set_num_threads(1)
+    if quick:
+        steps, ensemble_steps, ensemble_sizes, repeats, rounds, step_count, memory_steps = 100, 50, [1, 2], 1, 1, 3, 10
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        plain_loop(fit_config(5, False, str(tmp / "warm")))  # untimed: imports and first-call costs
+        time_clamp_fit(fit_config(5, True, str(tmp / "warm")), tmp)
+        fits: dict[str, list[float]] = {"plain loop": [], "clamp fit (no emergence)": [], "clamp fit (default, with emergence)": []}
+        for r in range(repeats):
+            order = list(fits) if r % 2 == 0 else list(fits)[::-1]
+            for name in order:
+                if name == "plain loop":
+                    fits[name].append(plain_loop(fit_config(steps, False, str(tmp / "runs"))))
+                else:
+                    fits[name].append(time_clamp_fit(fit_config(steps, "with emergence" in name, str(tmp / "runs")), tmp))
+                print(f"[fit] {name}: {fits[name][-1]:.1f} s", flush=True)
+        results["fit"] = {k: statistics.median(v) for k, v in fits.items()}
+        results["fit_all"] = fits
+        results["steps"] = step_timings(rounds, step_count)
+        print(f"[steps] {results['steps']}", flush=True)
+        results["ensemble"] = ensemble_timings(ensemble_sizes, ensemble_steps, tmp, emergence=False)
+        print(f"[ensemble] {results['ensemble']}", flush=True)
+        results["memory"] = memory(memory_steps)
+        print(f"[memory] {results['memory']}", flush=True)
+    elapsed = time.perf_counter() - t_start
+    text = report(results, steps, ensemble_steps, load_before, os.getloadavg(), elapsed, quick)
+    Path(out).write_text(text)
+    (Path(out).with_suffix(".json")).write_text(json.dumps(results, indent=2, default=str))
+    print(text)
+    return text
+
+
+def report(res: dict[str, Any], steps: int, ens_steps: int, load0: tuple, load1: tuple, elapsed: float, quick: bool) -> str:
+    fit, st, ens, mem = res["fit"], res["steps"], res["ensemble"], res["memory"]
+    plain = fit["plain loop"]
+    lines = [
+        "# clamp end-to-end benchmark",
+        "",
+        "Generated by `python experiments/benchmarks/run.py` (all numbers below come from one run of it; "
+        "ratios are only comparable within one run).",
+        "",
+        f"- Machine: {machine()}",
+        f"- Load average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, at end {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}; total {elapsed / 60:.1f} min",
+    ]
+    if quick:
+        lines.append("- **Quick smoke run: too few steps for the numbers to mean anything.**")
+    lines += ["", "## Ratios against the targets of issue 12", "", "| measurement | ratio | target | |", "|---|---|---|---|"]
+    lines.append(_row("`clamp fit` without emergence / plain PyTorch loop", fit["clamp fit (no emergence)"] / plain, "fit_vs_plain"))
+    lines.append(_row("`clamp fit` with emergence (default cadence) / without", fit["clamp fit (default, with emergence)"] / fit["clamp fit (no emergence)"], "emergence"))
+    lines.append(_row("head ablation step / plain step (clamp)", st["clamp head ablation"] / st["clamp plain"], "ablation"))
+    lines.append(_row("clamp-to-reference step / plain step", st["clamp clamp_to_reference"] / st["clamp plain"], "reference"))
+    one = ens["one run"]
+    for key, n in (("ens8", 8), ("ens16", 16)):
+        if f"ensemble of {n}" in ens:
+            lines.append(_row(f"ensemble of {n} seeds / one run", ens[f"ensemble of {n}"] / one, key))
+    if "TransformerLens head ablation (hooks)" in st:
+        lines.append(_row("TransformerLens head ablation / clamp head ablation", st["TransformerLens head ablation (hooks)"] / st["clamp head ablation"]))
+        lines.append(_row("pyvene head ablation / clamp head ablation", st["pyvene head ablation (on the TL model)"] / st["clamp head ablation"]))
+    lines += [
+        "",
+        f"## 1. `clamp fit` vs a plain loop ({steps} steps of the default experiment, median of {len(res['fit_all']['plain loop'])})",
+        "",
+        "The plain loop (`plain_loop` in run.py) trains the same model on the same data stream with the same AdamW, "
+        "warmup, gradient clipping and validation cadence, keeping the loss in a list; `clamp fit` also writes "
+        "TensorBoard logs and a checkpoint at every validation.",
+        "",
+        "| run | wall s | x plain loop |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v:.1f} | {v / plain:.2f} |" for k, v in fit.items()]
+    lines += ["", "## 2. Per training step (batch 128, 5 tokens, the default model; median ms/step, round-robin)", "", "| configuration | ms/step | x clamp plain |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {v / st['clamp plain']:.2f} |" for k, v in st.items() if not k.startswith("_")]
+    for k, why in st.get("_unavailable", {}).items():
+        lines.append(f"\n{k} not measured: could not be imported here ({why}).")
+    lines += [
+        "",
+        "TransformerLens and pyvene take token inputs, so every row here uses token inputs of the default shape. "
+        "pyvene wraps the TransformerLens model: on clamp's model its in-place write into the attention output breaks "
+        "the backward pass of the fused attention kernel, so it cannot train through it.",
+        "",
+        f"## 3. Ensembles ({ens_steps} steps of the default experiment without emergence, seeds 0..N-1)",
+        "",
+        "| run | wall s | x one run | N x one run / ensemble (throughput gain) |",
+        "|---|---|---|---|",
+        f"| one `clamp fit` run | {one:.1f} | 1.00 | |",
+    ]
+    for k, v in ens.items():
+        if k.startswith("ensemble of "):
+            n = int(k.split()[-1])
+            lines.append(f"| {k} | {v:.1f} | {v / one:.2f} | {n * one / v:.2f} |")
+    lines += [
+        "",
+        "N sequential runs take N x one run (runs are independent); the ensemble's members are ordinary run folders "
+        "whose curves equal the separate runs' (tests/test_ensemble.py).",
+        "",
+        "## 4. Peak memory (max RSS of a fresh process; every pattern clamped to a reference model vs no clamp)",
+        "",
+        f"The large model: n_context {LARGE['n_context']} (65 tokens), d_model {LARGE['d_model']}, batch {LARGE['batch_size']}. "
+        "The resident set before training holds the imported libraries and the model; training adds activations, gradients, "
+        "optimizer state and, with a reference, its weights and cached activations.",
+        "",
+        "| | peak MiB | before training MiB | added by training MiB |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {k} | {v['peak_mib']:.0f} | {v['before_training_mib']:.0f} | {v['peak_mib'] - v['before_training_mib']:.0f} |" for k, v in mem.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from jsonargparse import auto_cli
+
+    auto_cli(bench, as_positional=False)
+
+
+if __name__ == "__main__":
+    main()
