@@ -151,11 +151,24 @@ class TrainingModule(L.LightningModule):
         loss, acc = masked_loss_and_accuracy(self(batch), batch)
         bad = ~torch.isfinite(loss.detach())
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", acc)
-        # papers often count training sequences, not steps (Singh et al. 2024): log the conversion
-        self.log("train/sequences", float((self.global_step + 1) * self.sequences_per_step(batch)))
+        if self._logged_this_step():
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/acc", acc)
+            # papers often count training sequences, not steps (Singh et al. 2024): log the conversion
+            self.log("train/sequences", float((self.global_step + 1) * self.sequences_per_step(batch)))
         return loss
+
+    def _logged_this_step(self) -> bool:
+        """Whether train metrics are handed to ``self.log`` this step: when the trainer writes them, and
+        before a validation (where ``until`` conditions read them). ``self.log`` costs about as much as a
+        step of a tiny model, so logging every step would double the loop's cost."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        n = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+        val_every = getattr(trainer, "val_check_batch", None)
+        before_val = isinstance(val_every, int) and val_every > 0 and n % val_every == 0
+        return n % max(1, trainer.log_every_n_steps) == 0 or before_val or trainer.should_stop
 
     def sequences_per_step(self, batch: dict[str, torch.Tensor]) -> int:
         """Training sequences one optimizer step consumes, over all ranks and accumulated batches."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
 
 from synthetic_data.base import SyntheticTask, TaskSpec, batch_rng
 
@@ -54,6 +54,17 @@ class TensorDictDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """A whole batch by one index per tensor (the DataLoader's batched fetch; see :func:`collate_batch`)."""
+        idx = torch.as_tensor(indices)
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+def collate_batch(data: dict[str, torch.Tensor] | list) -> dict[str, torch.Tensor]:
+    """Batches from :meth:`TensorDictDataset.__getitems__` are already whole: pass them through
+    (per-sequence indexing and re-stacking cost more than a validation forward of a tiny model)."""
+    return data if isinstance(data, dict) else default_collate(data)
 
 
 class SyntheticDataModule(L.LightningDataModule):
@@ -117,6 +128,6 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
-            DataLoader(TensorDictDataset(self.eval_set(name)), batch_size=self.eval_batch_size, shuffle=False)
+            DataLoader(TensorDictDataset(self.eval_set(name)), batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_batch)
             for name in self.eval_split_names
         ]

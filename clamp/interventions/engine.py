@@ -210,6 +210,28 @@ def build_reference(model: nn.Module, state: Mapping[str, torch.Tensor], origin:
     return ref
 
 
+class _SitesRead(Exception):
+    """Raised by :func:`_read_sites` once every wanted site has been read, to end the forward there."""
+
+
+def _read_sites(model: nn.Module, args: tuple, kwargs: dict, names: set[str]) -> dict[str, torch.Tensor]:
+    """Forward ``model`` only as far as the last site in ``names`` and return those activations:
+    nothing later in the forward can change them (a clamp on layer 0 skips the reference's layer 1)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def read(x: torch.Tensor, site: Site) -> None:
+        cache[site.name] = x.detach()
+        if len(cache) == len(names):
+            raise _SitesRead
+
+    try:
+        with model.hooks([(n, read) for n in sorted(names)]):  # type: ignore[operator]
+            model(*args, **kwargs)
+    except _SitesRead:
+        pass
+    return cache
+
+
 class InterventionEngine:
     """Applies a list of interventions to a site model.
 
@@ -609,9 +631,8 @@ class InterventionEngine:
                     continue
                 if key not in self.references:
                     raise RuntimeError(f"reference {key!r} is not loaded; call engine.load_references() first")
-                ref = self.references[key]
                 with torch.inference_mode():
-                    _, cache = ref.run_with_cache(*args, names=sorted(names), allow_missing_features=True, **kwargs)
+                    cache = _read_sites(self.references[key], args, kwargs, names)
                 self._sources[key] = {k: v.clone() for k, v in cache.items()}  # leave inference mode: usable in autograd
         finally:
             self._busy = False
