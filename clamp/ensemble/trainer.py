@@ -137,6 +137,7 @@ class EnsembleTrainer:
         self.router = MemberRouter(self.model, [m.module.model for m in self.members])
         self.optimizer, self.scheduler = self._optimizer()
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
+        self._last_train: tuple[torch.Tensor, torch.Tensor] | None = None  # last step's per-member loss and accuracy
 
     # ------------------------------------------------------------------ optimisation
     def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -224,6 +225,7 @@ class EnsembleTrainer:
         self.scheduler.step()
         self.global_step += 1
         detached = losses.detach()
+        self._last_train = (detached, torch.stack([acc for _, acc in pairs]).detach())  # read by `until` at validation, as in Lightning
         for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
             for cb in m.callbacks:
                 cb.on_train_batch_end(trainer, m.module, {"loss": detached[i]}, batches[i], 0)
@@ -270,6 +272,8 @@ class EnsembleTrainer:
         self.model.train()
         for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
             trainer.callback_metrics.update(metrics[i])  # keeps probe metrics (usable by `until`) next to val/*
+            if self._last_train is not None:
+                trainer.callback_metrics.update({"train/loss": self._last_train[0][i], "train/acc": self._last_train[1][i]})
             if m.logger is not None:
                 m.logger.log_metrics({**{k: float(v) for k, v in metrics[i].items()}, "epoch": 0}, step=self.global_step - 1)
         self._call("on_validation_end")
