@@ -55,15 +55,18 @@ class TensorDictDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
 
+
+class WholeBatchDataset(TensorDictDataset):
+    """A :class:`TensorDictDataset` that the DataLoader reads a batch at a time (with :func:`collate_batch`):
+    per-sequence indexing and re-stacking cost more than a validation forward of a tiny model."""
+
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """A whole batch by one index per tensor (the DataLoader's batched fetch; see :func:`collate_batch`)."""
         idx = torch.as_tensor(indices)
         return {k: v[idx] for k, v in self.tensors.items()}
 
 
 def collate_batch(data: dict[str, torch.Tensor] | list) -> dict[str, torch.Tensor]:
-    """Batches from :meth:`TensorDictDataset.__getitems__` are already whole: pass them through
-    (per-sequence indexing and re-stacking cost more than a validation forward of a tiny model)."""
+    """Batches from :meth:`WholeBatchDataset.__getitems__` are already whole: pass them through."""
     return data if isinstance(data, dict) else default_collate(data)
 
 
@@ -128,6 +131,6 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
-            DataLoader(TensorDictDataset(self.eval_set(name)), batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_batch)
+            DataLoader(WholeBatchDataset(self.eval_set(name)), batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_batch)
             for name in self.eval_split_names
         ]

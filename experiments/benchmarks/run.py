@@ -344,7 +344,7 @@ def bench(
     repeats: int = 2,
     rounds: int = 7,
     step_count: int = 30,
-    memory_steps: int = 200,
+    memory_steps: int = 20,
     quick: bool = False,
     out: str = str(OUT),
 ) -> str:
