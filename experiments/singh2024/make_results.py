@@ -57,7 +57,7 @@ S5_LEFT = {"none": 3, "pt_1": 3, "layer1_12": 2, "match_1234": 1, "copy_35": 2, 
 
 
 def export(runs: Path, results: Path, analyze: bool = True) -> list[str]:
-    """Copy every finished study run's small files into ``results``; returns notes on what was skipped."""
+    """Copy every study run trained to its last step into ``results`` (small files only); returns notes on what was skipped."""
     notes = []
     for exp in STUDIES.values():
         src_root = runs / exp
@@ -66,20 +66,33 @@ def export(runs: Path, results: Path, analyze: bool = True) -> list[str]:
         for rec in sorted(src_root.rglob("condition.json")):
             src = rec.parent
             record = json.loads(rec.read_text())
-            if not record.get("finished"):
-                notes.append(f"{src} unfinished (step {record.get('step')})")
-                continue
             dst = results / src.relative_to(runs)
+            if (dst / "curves.csv").is_file() and (dst / "curves.csv").stat().st_mtime >= rec.stat().st_mtime:
+                continue  # exported since the run last changed
+            scalars = read_scalars(src)
+            trained = _trained_to_end(src, scalars)
+            if not (record.get("finished") or trained):
+                notes.append(f"{src.relative_to(runs)} not trained to its last step yet")
+                continue
             dst.mkdir(parents=True, exist_ok=True)
-            if not (dst / "curves.csv").is_file() or (dst / "curves.csv").stat().st_mtime < rec.stat().st_mtime:
-                write_curves_csv(read_scalars(src), dst / "curves.csv", KEEP)
-                (dst / "timing.json").write_text(json.dumps(_wall(src)))
-                for name in ("condition.json", "summary.json"):
-                    if (src / name).is_file():
-                        shutil.copy(src / name, dst / name)
+            write_curves_csv(scalars, dst / "curves.csv", KEEP)
+            (dst / "timing.json").write_text(json.dumps(_wall(src)))
+            for name in ("condition.json", "summary.json"):
+                if (src / name).is_file():
+                    shutil.copy(src / name, dst / name)
             if analyze and exp == STUDIES[1] and not (dst / "analysis.json").is_file():
                 notes += _analyze(src, dst)
     return notes
+
+
+def _trained_to_end(run_dir: Path, scalars: Any) -> bool:
+    """Its last evaluation is at the last step (training done; end-of-fit summaries may still be running)."""
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "run.yaml").read_text()) if (run_dir / "run.yaml").is_file() else {}
+    max_steps = int((cfg.get("trainer") or {}).get("max_steps") or 0)
+    val = scalars[scalars["tag"] == LOSS]["step"]
+    return bool(max_steps and len(val) and int(val.max()) >= max_steps - 1)
 
 
 def _wall(run_dir: Path) -> dict[str, float]:
@@ -445,14 +458,18 @@ class Report:
             self.add("")
             one = [c for c in groups if S5_LEFT.get(c) == 1]
             many = [c for c in groups if S5_LEFT.get(c, 0) >= 2]
-            flat = {c: shares[c]["mean"] is not None and shares[c]["mean"] < PLATEAU_SHARE for c in groups}
+            learned = {c: shares[c]["n"] > 0 for c in groups}  # a share exists only for seeds that reached 0.4 ln 2
+            flat = {c: learned[c] and shares[c]["mean"] < PLATEAU_SHARE for c in groups}
             self.verdict("finding 6", (
                 "Plateau share (time within 15 % of ln 2 / time to reach 0.4 ln 2; a plateau if ≥ 0.2): "
                 + "; ".join(f"{c} {fmt(shares[c], 2)}" for c in groups) + ". "
                 + ("Reproduced: the runs left with one subcircuit learn without a plateau, those left with two or more keep one."
                    if all(flat[c] for c in one) and all(not flat[c] for c in many)
                    else "Partly reproduced: " + ", ".join(
-                       [f"{c} (1 left) has a plateau" for c in one if not flat[c]] + [f"{c} (≥ 2 left) has none" for c in many if flat[c]]) + ".")
+                       [f"{c} (1 left) does not learn within the run" for c in one if not learned[c]]
+                       + [f"{c} (1 left) has a plateau" for c in one if learned[c] and not flat[c]]
+                       + [f"{c} (≥ 2 left) does not learn within the run" for c in many if not learned[c]]
+                       + [f"{c} (≥ 2 left) has none" for c in many if flat[c]]) + ".")
             ))
         self.toy()
 
