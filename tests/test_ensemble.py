@@ -54,6 +54,9 @@ CLAMPS = [
     {"site": "layer0.attn_out", "op": {"kind": "patch", "transform": "resample_batch"}, "features": [0, 1, 2], "during": ["train"]},
     # batch-aware (reads match_pos): validation must hand each eval chunk to the member's clamps
     {"site": "layer0.head0.pattern", "positions": [-1], "op": {"kind": "construct", "fn": "clamp.interventions.constructors.induction_pattern"}},
+    # a differentiable second pass runs on the member's own view: its gradient must reach the stack
+    {"site": "layer1.head1.z", "grad": True, "op": {"kind": "patch", "transform": "identity",
+                                                     "interventions": [{"site": "layer0.resid_post", "op": {"kind": "scale", "k": 0.5}}]}},
 ]
 
 

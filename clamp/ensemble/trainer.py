@@ -208,6 +208,24 @@ class EnsembleTrainer:
             if m.logger is not None:
                 m.logger.finalize("success")
 
+    def _fold_member_grads(self) -> None:
+        """Add to the stacked parameters the gradient that reached a member's own view.
+
+        A member's second passes (``patch``/``construct.read_from`` with ``grad: true``) run on its view
+        model, whose parameters are separate leaves sharing storage with the stack: without this, that
+        gradient would never reach the optimizer and such clamps would silently not train.
+        """
+        stacked = dict(self.model.named_parameters())
+        for m, member in enumerate(self.members):
+            for name, p in member.module.model.named_parameters():
+                if p.grad is None:
+                    continue
+                target = stacked[name]
+                if target.grad is None:
+                    target.grad = torch.zeros_like(target)
+                target.grad[m] += p.grad
+                p.grad = None
+
     def _train_step(self, batches: list[dict[str, torch.Tensor]]) -> None:
         step = self.global_step
         for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
@@ -219,6 +237,7 @@ class EnsembleTrainer:
         pairs = [masked_loss_and_accuracy(logits[i], {k: v[i] for k, v in batch.items()}) for i in range(len(self.members))]
         losses = torch.stack([loss for loss, _ in pairs])
         losses.sum().backward()
+        self._fold_member_grads()
         self._clip_gradients()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
