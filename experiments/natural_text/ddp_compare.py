@@ -30,8 +30,8 @@ def run(devices: int, batch: int, steps: int, out: Path) -> tuple[list[float], f
         "trainer": {
             "max_steps": steps, "max_time": None, "val_check_interval": steps, "devices": devices,
             "strategy": "ddp" if devices > 1 else "auto", "logger": False,
-            # with no logger, Lightning writes config.yaml and checkpoints to default_root_dir (else the cwd)
-            "default_root_dir": str(out / f"root_{devices}"), "enable_checkpointing": False,
+            # with no logger, Lightning writes config.yaml and checkpoints under default_root_dir (else into the cwd)
+            "default_root_dir": str(out / f"root_{devices}"),
             "callbacks": [{"class_path": "tests.helpers.LossTrace", "init_args": {"out_path": str(trace)}}],
         },
     }
