@@ -397,9 +397,37 @@ def test_head_scalars_and_layout(tmp_path):
 
 
 def test_heatmap_image():
+    from matplotlib import colormaps
+
+    from clamp.metrics import tb
+
     img = heatmap_image(torch.tensor([[0.1, 0.9, float("nan")], [0.5, 0.2, 0.3]]), "induction", vmin=0, vmax=1)
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     assert img.shape[0] > 50 and img.shape[1] > 50
-    assert img.std() > 0  # not a blank canvas
+
+    def cell(l: int, h: int) -> np.ndarray:
+        y, x = tb._TOP + l * tb._CELL_H, tb._LEFT + h * tb._CELL_W
+        return img[y + 1 : y + tb._CELL_H, x + 1 : x + tb._CELL_W].reshape(-1, 3).astype(int)
+
+    def viridis(v: float) -> np.ndarray:
+        return np.round(np.asarray(colormaps["viridis"](v)[:3]) * 255).astype(int)
+
+    for (l, h), v in {(0, 0): 0.1, (0, 1): 0.9, (1, 0): 0.5}.items():
+        pixels = cell(l, h)
+        background = (pixels == viridis(v)).all(1)
+        assert background.mean() > 0.7  # the cell is coloured by its value ...
+        assert (~background).sum() > 20  # ... and carries its value as text
+    assert not np.array_equal(cell(0, 0)[0], cell(0, 1)[0])  # different values, different colours
+    nan = cell(0, 2)
+    assert (nan == tb._NAN_RGB).all(1).mean() > 0.7 and (nan.sum(1) < 300).sum() > 10  # grey, with dark "nan" text
+    assert (img[: tb._TOP - 4] < 128).any()  # a title
+    # texts differ: "0.10" and "0.90" are not the same pixels
+    assert not np.array_equal(cell(0, 0) == viridis(0.1), cell(0, 1) == viridis(0.9))
+    # a colour bar beside the grid, yellow (max) at the top and purple (min) at the bottom
+    bar_x = tb._LEFT + 3 * tb._CELL_W + tb._GAP + tb._BAR_W // 2
+    assert np.abs(img[tb._TOP, bar_x].astype(int) - viridis(1.0)).max() <= 2
+    assert np.abs(img[tb._TOP + 2 * tb._CELL_H - 1, bar_x].astype(int) - viridis(0.0)).max() <= 2
+
     bigger = heatmap_image(np.zeros((4, 8)), "x")
     assert bigger.shape[1] > img.shape[1] and bigger.shape[0] > img.shape[0]
+    assert heatmap_image(np.full((1, 1), np.nan), "a metric this task does not define " * 3).shape[1] > 200  # room for the title
