@@ -49,6 +49,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from clamp.interventions.engine import InterventionEngine, intervene
 from clamp.metrics import curves, heads
+from clamp.metrics.ablation import ablation_importance
 from clamp.metrics.phase import curve_scale, phase_change_of
 from clamp.metrics.probes import needle_batch
 from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
@@ -171,19 +172,6 @@ class EmergenceCallback(Callback):
                     stack.enter_context(cb.probing(trainer))
             yield
 
-    def _ablation_importance(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-        # the baseline goes through the same (fused-attention) path as the ablated forwards, so a
-        # head whose output is already zero scores exactly 0 rather than kernel round-off
-        base, _ = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
-        out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-        for layer in range(model.cfg.n_layers):
-            for head in range(model.cfg.n_heads):
-                op = {"kind": "zero"} if kind == "zero" else {"kind": "mean", "over": "batch"}
-                with intervene(model, [{"site": f"layer{layer}.head{head}.z", "op": op, "name": "probe"}]):
-                    loss, _ = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
-                out[layer, head] = loss - base
-        return out
-
     def _check_probe_interventions(self, model: torch.nn.Module) -> None:
         """Bind every set once, so a bad site or op fails before training with the set's name."""
         for name, items in self.probe_interventions.items():
@@ -247,8 +235,8 @@ class EmergenceCallback(Callback):
                             scalars[f"curves/{probe}/icl_score"] = float(curves.in_context_learning_score(lbp, early, late))
                     scalars[f"curves/{probe}/attn_sink"] = float(head_scores[f"{probe}/attn_sink"].nanmean())
                     if self.causal and probe == "task":
-                        head_scores["task/ablate_zero"] = self._ablation_importance(model, batch, "zero")
-                        head_scores["task/ablate_mean"] = self._ablation_importance(model, batch, "mean")
+                        for kind, s in ablation_importance(model, batch).items():
+                            head_scores[f"task/ablate_{kind}"] = s
                     if probe == "task":
                         scalars.update(self._under_probe_interventions(model, batch))
         finally:

@@ -1,0 +1,108 @@
+"""Causal importance of each attention head: the loss increase when its output ``z`` is ablated.
+
+``zero`` sets the head's ``z`` to 0; ``mean`` replaces it by its mean over the batch (per position),
+exactly what the interventions engine's ``{"kind": "mean", "over": "batch"}`` does. One forward per
+(kind, head) is what a researcher would write; :func:`ablation_importance` instead runs the probe
+batch repeated once per (kind, head) in a few larger forwards, copy ``i`` ablating head ``i``
+through hooks on the ``z`` sites. On a GPU a probe-sized forward is mostly launch overhead, so this
+turns 33 forwards into a few; on CPU, where the attention kernel's cost grows with the rows, chunks
+of ~2k sequences measured ~1.3x faster than the loop (bigger chunks fall out of cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from clamp.interventions.engine import intervene
+from clamp.training import masked_loss_and_accuracy
+from synthetic_data.base import model_inputs
+
+KINDS = ("zero", "mean")
+OPS = {"zero": {"kind": "zero"}, "mean": {"kind": "mean", "over": "batch"}}
+
+
+def ablation_importance(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    kinds: Sequence[str] = KINDS,
+    max_sequences: int = 2048,
+    max_logits: int = 2**26,
+) -> dict[str, torch.Tensor]:
+    """``{kind: [n_layers, n_heads]}``: loss with the head ablated minus the clean loss, on ``batch``.
+
+    Batched when the model carries no hooks (one forward holds at most ``max_sequences`` sequences
+    and ``max_logits`` logits, but always at least one copy: never more than the unbatched forward);
+    with a clamp live (a probe under ``ClampCallback``), one forward per head through the engine, so
+    a clamp that depends on the batch (a mean over it, a resample) sees the probe batch as it is.
+    """
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"ablation kinds {bad}; valid: {list(KINDS)}")
+    if _hooked(model):
+        return {kind: _one_head_at_a_time(model, batch, kind) for kind in kinds}
+    return _batched(model, batch, list(kinds), max_sequences, max_logits)
+
+
+def _hooked(model: nn.Module) -> bool:
+    return any(site.active for site in model.site_map().values()) or bool(model._forward_pre_hooks or model._forward_hooks)
+
+
+def _one_head_at_a_time(model: nn.Module, batch: Mapping[str, torch.Tensor], kind: str) -> torch.Tensor:
+    # the baseline goes through the same (fused-attention) path as the ablated forwards, so a
+    # head whose output is already zero scores exactly 0 rather than kernel round-off
+    base, _ = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
+    out = torch.zeros(model.n_layers, model.n_heads)
+    for layer in range(model.n_layers):
+        for head in range(model.n_heads):
+            with intervene(model, [{"site": f"layer{layer}.head{head}.z", "op": OPS[kind], "name": "probe"}], batch=batch):
+                loss, _ = masked_loss_and_accuracy(model(*model_inputs(batch)), batch)
+            out[layer, head] = loss - base
+    return out
+
+
+def _batched(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: list[str], max_sequences: int, max_logits: int) -> dict[str, torch.Tensor]:
+    """Each forward holds a clean copy of the batch and up to ``per_chunk - 1`` ablated ones: the clean
+    copy is the baseline (the same forward, so a head whose ablation changes nothing scores 0, not
+    round-off) and gives the batch mean that ``mean`` writes."""
+    n_layers, n_heads = model.n_layers, model.n_heads
+    batch = dict(batch)
+    inputs = model_inputs(batch)
+    n = int(inputs[0].shape[0])
+    d_out = int(model.site("logits").info.sizes.get("d_out", 1))
+    per_chunk = max(2, min(max_sequences // max(n, 1), max_logits // max(n * int(inputs[0].shape[1]) * d_out, 1)))
+    ablations = [(kind, l, h) for kind in kinds for l in range(n_layers) for h in range(n_heads)]
+    scores: list[torch.Tensor] = []
+    for start in range(0, len(ablations), per_chunk - 1):
+        chunk = [("clean", -1, -1), *ablations[start : start + per_chunk - 1]]
+        layers = sorted({l for _, l, _ in chunk if l >= 0})
+        repeated = tuple(None if t is None else t.repeat(len(chunk), *(1,) * (t.dim() - 1)) for t in inputs)
+        with model.hooks([(f"layer{l}.z", _ablate(chunk, l, n)) for l in layers]):
+            logits = model(*repeated)
+        losses = torch.stack([masked_loss_and_accuracy(logits[i * n : (i + 1) * n], batch)[0] for i in range(len(chunk))])
+        scores.append(losses[1:] - losses[0])
+    out = torch.cat(scores).float().cpu().view(len(kinds), n_layers, n_heads)
+    return {kind: out[i] for i, kind in enumerate(kinds)}
+
+
+def _ablate(chunk: list[tuple[str, int, int]], layer: int, n: int):
+    """Hook for ``layer``'s ``z`` over ``len(chunk)`` copies of an ``n``-sequence batch (copy 0 clean):
+    copy ``i`` gets its head replaced as the engine's op would (``x + m * (value - x)``, ``m`` = 1 on
+    that head), ``mean`` by the clean copy's mean over the batch, per position, computed in fp32."""
+
+    def hook(x: torch.Tensor, _site: object) -> torch.Tensor:
+        copies, heads = len(chunk), x.shape[1]
+        m = torch.zeros(copies, heads, device=x.device, dtype=x.dtype)
+        is_mean = torch.zeros(copies, device=x.device, dtype=x.dtype)
+        for i, (kind, l, h) in enumerate(chunk):
+            if l == layer:
+                m[i, h] = 1
+                is_mean[i] = kind == "mean"
+        xs = x.reshape(copies, n, *x.shape[1:])
+        mean = xs[0].float().mean(0, keepdim=True).to(x.dtype)  # [1, head, pos, d_head]
+        value = is_mean.view(-1, *(1,) * (xs.dim() - 1)) * mean.unsqueeze(0)
+        return (xs + m.view(copies, 1, heads, *(1,) * (x.dim() - 2)) * (value - xs)).reshape(x.shape)
+
+    return hook
