@@ -11,10 +11,14 @@ import yaml
 
 from clamp.cli import main
 from clamp.ensemble.runner import plan_ensembles, train_ensemble
-from clamp.ensemble.trainer import EnsembleError
+from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member
+from clamp.interventions.callback import ClampCallback
 from clamp.sweep import load_sweep
+from clamp.training import masked_loss_and_accuracy
 from models import Transformer, TransformerConfig
 from models.ensemble import EnsembleTransformer
+from synthetic_data.base import model_inputs
+from tests.helpers import bursty_datamodule, tiny_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,3 +147,40 @@ def test_unsupported_settings_are_rejected_by_name(tmp_path: Path) -> None:
         run.write_config()
     with pytest.raises(EnsembleError, match="accumulate_grad_batches=2"):
         train_ensemble(runs[:2])
+
+
+@pytest.mark.parametrize("clamped", [False, True])
+def test_validation_slices_a_batch_across_members_unless_a_clamp_acts(tmp_path: Path, clamped: bool) -> None:
+    """Without live clamps, one validation forward holds about one run's eval batch (eval_batch_size //
+    members rows per member); a clamp that reads the batch sees Lightning's whole batch. Metrics equal
+    each member's own evaluation either way."""
+    members = []
+    for seed in range(4):
+        dm = bursty_datamodule(seed)  # eval_size 64, eval_batch_size 64
+        dm.eval_size, dm.eval_batch_size = 80, 64  # a second, partial batch too
+        callbacks = [ClampCallback([{"site": "layer0.head0.z", "op": {"kind": "mean", "over": "batch"}}])] if clamped and seed == 1 else []
+        members.append(Member(tiny_module(dm, seed), dm, callbacks, None, tmp_path / str(seed), checkpoint=False))
+    loop = EnsembleTrainer(members, LoopSettings(max_steps=1, val_check_interval=1))
+    for trainer, m in zip(loop.trainers, members):
+        for cb in m.callbacks:
+            cb.setup(trainer, m.module, "fit")
+    rows: list[int] = []
+    loop.model.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[1]))
+    loop._validate()
+    assert rows == ([64, 16] if clamped else [16, 16, 16, 16, 16]) * 2  # per split: [0:64] and [64:80]
+    for trainer, m in zip(loop.trainers, members):
+        for split in m.datamodule.eval_split_names:
+            data = m.datamodule.eval_set(split)
+            sums = torch.zeros(3)
+            for cb in m.callbacks:
+                cb._set(trainer, "val")
+            with torch.no_grad():
+                for start in (0, 64):
+                    batch = {k: v[start : start + 64] for k, v in data.items()}
+                    for cb in m.callbacks:  # a separate run's validation: the clamp on Lightning's batch
+                        cb.engine.set_batch(batch)
+                    loss, acc = masked_loss_and_accuracy(m.module.model(*model_inputs(batch)), batch)
+                    n = batch["loss_mask"].sum()
+                    sums += torch.stack([loss * n, acc * n, n.float()])
+            torch.testing.assert_close(trainer.callback_metrics[f"val/{split}/loss"], sums[0] / sums[2], atol=2e-6, rtol=1e-5)
+            torch.testing.assert_close(trainer.callback_metrics[f"val/{split}/acc"], sums[1] / sums[2], atol=2e-6, rtol=1e-5)

@@ -66,6 +66,11 @@ class MemberRouter:
 
         return hook
 
+    def live(self) -> bool:
+        """Whether any member's interventions act on the next forward (hooks on its view's sites, or
+        the engine's reference / second-pass pre-hooks)."""
+        return any(s.active for _, member_sites in self._pairs for s in member_sites) or any(v._forward_pre_hooks for v in self.views)
+
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Members' forward pre-hooks (reference and patched forwards of the engine) on their own inputs."""
         self.sync()
