@@ -431,3 +431,75 @@ def test_heatmap_image():
     bigger = heatmap_image(np.zeros((4, 8)), "x")
     assert bigger.shape[1] > img.shape[1] and bigger.shape[0] > img.shape[0]
     assert heatmap_image(np.full((1, 1), np.nan), "a metric this task does not define " * 3).shape[1] > 200  # room for the title
+
+def _copying_score_reference(model, batch, cache):
+    """copying_score as first written: the frozen-LN direct logit effect of every head at every
+    position, materialised over d_model ([batch, head, pos, d_model]), then the source token's logit
+    minus the mean of the others."""
+    from clamp.metrics.heads import _ov_weights
+
+    cfg, d_out = model.cfg, model.cfg.d_out
+    tokens, valid = batch["tokens"].long(), batch["loss_mask"].bool()
+    w_u = model.W_U.detach().float()
+    w_u_sum = w_u.sum(dim=1)
+    norm = cfg.normalization
+    if norm in ("layernorm", "rmsnorm"):
+        resid = cache[f"layer{cfg.n_layers - 1}.resid_post"].float()
+        ln = model.ln_final
+        eps = getattr(ln, "eps", None) or getattr(ln, "variance_epsilon")
+        spread = resid.var(dim=-1, unbiased=False) if norm == "layernorm" else resid.pow(2).mean(-1)
+        scale = (spread + eps).rsqrt()
+        gamma = ln.weight.detach().float() if ln.weight is not None else None
+    fmask = batch.get("feature_mask")
+    out = []
+    w_o_all = _ov_weights(model)[1].detach().float()
+    for l in range(cfg.n_layers):
+        src = cache[f"layer{l}.pattern"].float().argmax(dim=-1)
+        src_tok = tokens.gather(1, src.flatten(1)).view_as(src)
+        ok = valid[:, None, :] & (src_tok < d_out)
+        if fmask is not None:
+            ok &= ~fmask.bool().gather(1, src.flatten(1)).view_as(src)
+        res = torch.einsum("bhtd,hdm->bhtm", cache[f"layer{l}.z"].float(), w_o_all[l])
+        if norm in ("layernorm", "rmsnorm"):
+            if norm == "layernorm":
+                res = res - res.mean(dim=-1, keepdim=True)
+            res = res * scale[:, None, :, None]
+            if gamma is not None:
+                res = res * gamma
+        own = (res * w_u.T[src_tok.clamp(max=d_out - 1)]).sum(-1)
+        others = (res @ w_u_sum - own) / max(d_out - 1, 1)
+        val = torch.where(ok, own - others, torch.zeros(()))
+        out.append(val.sum(dim=(0, 2)) / ok.sum(dim=(0, 2)).float())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("case", ["layernorm", "none", "classifier_with_features", "hf_llama_rmsnorm", "hf_gpt2"])
+def test_copying_score_equals_the_materialised_definition(case):
+    from clamp.metrics.heads import forward_with_cache
+
+    torch.manual_seed(0)
+    if case.startswith("hf_"):
+        from models.hf import HFModelConfig
+        from tests.test_hf_models import TINY
+
+        arch = case.split("_")[1]
+        model = HFModelConfig(arch=arch, config=TINY[arch]).build(d_vocab=40, n_ctx=12).eval()
+        vocab, d_feature = 40, 0
+    else:
+        norm = "none" if case == "none" else "layernorm"
+        d_out, d_feature = (5, 3) if case == "classifier_with_features" else (0, 0)
+        cfg = TransformerConfig(n_layers=2, n_heads=3, d_model=12, normalization=norm, init_std=0.5)
+        model = Transformer(cfg.resolved(d_vocab=9, n_ctx=12, d_feature=d_feature, d_out=d_out)).eval()
+        vocab = 9
+    with torch.no_grad():
+        ln = getattr(model, "ln_final", None)
+        if getattr(ln, "weight", None) is not None:
+            ln.weight.uniform_(0.5, 2.0)  # a gamma that is not ones: it must move onto the readout correctly
+    batch = {"tokens": torch.randint(0, vocab, (6, 12)), "loss_mask": torch.rand(6, 12) > 0.2}
+    if d_feature:
+        batch["feature_mask"] = torch.rand(6, 12) > 0.6
+        batch["features"] = torch.randn(6, 12, d_feature)
+    _, cache = forward_with_cache(model, batch)
+    got, want = copying_score(model, batch, cache), _copying_score_reference(model, batch, cache)
+    assert torch.isfinite(want).all() and want.abs().max() > 1e-3
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -394,36 +394,39 @@ def copying_score(model, batch: Mapping[str, torch.Tensor], cache: Mapping[str, 
         dev = cache["layer0.z"].device
         tokens = batch["tokens"].to(dev).long()
         valid = batch["loss_mask"].to(dev).bool()
+        # d[t] - mean_{j != t} d[j] = res . u_t with u_t = W_U[:, t] - (sum_j W_U[:, j] - W_U[:, t]) / (d_out - 1);
+        # the frozen norm's centring, gamma and scale move onto u_t and outside the dot product, so the
+        # score is scale[b, t] * z[b, h, t] . (W_O^h @ u~_t): no [batch, head, pos, d_model] intermediate
         w_u = model.W_U.detach().float().to(dev)  # [dm, d_out]
-        w_u_sum = w_u.sum(dim=1)  # [dm]
+        u = w_u - (w_u.sum(dim=1, keepdim=True) - w_u) / max(d_out - 1, 1)  # [dm, d_out]
         norm = cfg.normalization
+        scale = None
         if norm in ("layernorm", "rmsnorm"):
             resid = cache[f"layer{cfg.n_layers - 1}.resid_post"].float()
             ln = model.ln_final
             eps = getattr(ln, "eps", None) or getattr(ln, "variance_epsilon")  # nn.LayerNorm / Hugging Face RMSNorm
             spread = resid.var(dim=-1, unbiased=False) if norm == "layernorm" else resid.pow(2).mean(-1)
             scale = (spread + eps).rsqrt()  # [B, T]
-            gamma = ln.weight.detach().float().to(dev) if ln.weight is not None else None
+            if ln.weight is not None:
+                u = u * ln.weight.detach().float().to(dev)[:, None]
+            if norm == "layernorm":
+                u = u - u.mean(dim=0, keepdim=True)
         fmask = batch.get("feature_mask")
         fmask = None if fmask is None else fmask.to(dev).bool()
         out = []
-        w_o_all = _ov_weights(model)[1].detach().float().to(dev)
+        w_o_all = _ov_weights(model)[1].detach().float().to(dev)  # [L, H, dh, dm]
         for l in range(cfg.n_layers):
             src = cache[f"layer{l}.pattern"].float().argmax(dim=-1)  # [B, H, T]
             src_tok = tokens.gather(1, src.flatten(1)).view_as(src)  # [B, H, T]
             ok = valid[:, None, :] & (src_tok < d_out)
             if fmask is not None:
                 ok &= ~fmask.gather(1, src.flatten(1)).view_as(src)
-            res = torch.einsum("bhtd,hdm->bhtm", cache[f"layer{l}.z"].float(), w_o_all[l])
-            if norm in ("layernorm", "rmsnorm"):
-                if norm == "layernorm":
-                    res = res - res.mean(dim=-1, keepdim=True)
-                res = res * scale[:, None, :, None]
-                if gamma is not None:
-                    res = res * gamma
-            own = (res * w_u.T[src_tok.clamp(max=d_out - 1)]).sum(-1)  # [B, H, T]
-            others = (res @ w_u_sum - own) / max(d_out - 1, 1)
-            val = torch.where(ok, own - others, torch.zeros((), device=dev))
+            readout = (w_o_all[l] @ u).transpose(1, 2)  # [H, d_out, dh]: head h's z -> its value for target t
+            heads = torch.arange(readout.shape[0], device=dev)[None, :, None]
+            val = (cache[f"layer{l}.z"].float() * readout[heads, src_tok.clamp(max=d_out - 1)]).sum(-1)  # [B, H, T]
+            if scale is not None:
+                val = val * scale[:, None, :]
+            val = torch.where(ok, val, torch.zeros((), device=dev))
             out.append(val.sum(dim=(0, 2)) / ok.sum(dim=(0, 2)).float())
     return torch.stack(out)
 
