@@ -34,12 +34,20 @@ def _reference(model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str
     return out
 
 
-@pytest.mark.parametrize("max_sequences", [8192, 14, 30])  # all copies in one forward; one ablation per forward; uneven chunks
+# 7-sequence batch: every copy in one forward; 4 ablations (+ the clean copy) per forward, uneven for
+# 18 ablations; 3 per forward; 2 copies would hold one ablation each: the per-head loop instead
+@pytest.mark.parametrize("max_sequences", [8192, 35, 28, 14])
 @pytest.mark.parametrize("cfg", [{}, {"attn_only": False, "positional": "rotary", "n_layers": 3}])
 @torch.no_grad()
-def test_batched_ablation_equals_one_forward_per_head(max_sequences: int, cfg: dict) -> None:
+def test_batched_ablation_equals_one_forward_per_head(max_sequences: int, cfg: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clamp.metrics.ablation as ablation
+
     model, batch = _model_and_batch(**cfg)
+    loop = ablation._one_head_at_a_time
+    calls: list[str] = []
+    monkeypatch.setattr(ablation, "_one_head_at_a_time", lambda *a: calls.append(a[2]) or loop(*a))
     got = ablation_importance(model, batch, max_sequences=max_sequences)
+    assert calls == ([] if max_sequences >= 28 else ["zero", "mean"])
     for kind in ("zero", "mean"):
         want = _reference(model, batch, kind)
         assert want.abs().max() > 1e-3  # the heads matter: the comparison is not of zeros

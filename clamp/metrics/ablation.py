@@ -5,8 +5,9 @@ exactly what the interventions engine's ``{"kind": "mean", "over": "batch"}`` do
 (kind, head) is what a researcher would write; :func:`ablation_importance` instead runs the probe
 batch repeated once per (kind, head) in a few larger forwards, copy ``i`` ablating head ``i``
 through hooks on the ``z`` sites. On a GPU a probe-sized forward is mostly launch overhead, so this
-turns 33 forwards into a few; on CPU, where the attention kernel's cost grows with the rows, chunks
-of ~2k sequences measured ~1.3x faster than the loop (bigger chunks fall out of cache).
+turns 33 forwards into a few. On CPU a probe-sized forward is already compute-bound (the attention
+kernel costs the same per sequence and head at any batch size): there, batching measured as fast
+as the loop, not faster (4k-sequence chunks; 8k ones fall out of cache and are slower).
 """
 
 from __future__ import annotations
@@ -28,22 +29,26 @@ def ablation_importance(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
     kinds: Sequence[str] = KINDS,
-    max_sequences: int = 2048,
+    max_sequences: int = 4096,
     max_logits: int = 2**26,
 ) -> dict[str, torch.Tensor]:
     """``{kind: [n_layers, n_heads]}``: loss with the head ablated minus the clean loss, on ``batch``.
 
-    Batched when the model carries no hooks (one forward holds at most ``max_sequences`` sequences
-    and ``max_logits`` logits, but always at least one copy: never more than the unbatched forward);
-    with a clamp live (a probe under ``ClampCallback``), one forward per head through the engine, so
-    a clamp that depends on the batch (a mean over it, a resample) sees the probe batch as it is.
+    Batched when the model carries no hooks and a forward of at most ``max_sequences`` sequences and
+    ``max_logits`` logits holds at least 4 copies of the batch (one of them the clean baseline).
+    Otherwise one forward per head through the engine: with a clamp live (a probe under
+    ``ClampCallback``) a clamp that depends on the batch (a mean over it, a resample) must see the
+    probe batch as it is, and long sequences or large vocabularies gain nothing from batching.
     """
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ValueError(f"ablation kinds {bad}; valid: {list(KINDS)}")
-    if _hooked(model):
+    tokens = batch["tokens"]
+    d_out = int(model.site("logits").info.sizes.get("d_out", 1))
+    copies = min(max_sequences // max(tokens.shape[0], 1), max_logits // max(tokens.numel() * d_out, 1))
+    if _hooked(model) or copies < 4:
         return {kind: _one_head_at_a_time(model, batch, kind) for kind in kinds}
-    return _batched(model, batch, list(kinds), max_sequences, max_logits)
+    return _batched(model, batch, list(kinds), copies)
 
 
 def _hooked(model: nn.Module) -> bool:
@@ -63,7 +68,7 @@ def _one_head_at_a_time(model: nn.Module, batch: Mapping[str, torch.Tensor], kin
     return out
 
 
-def _batched(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: list[str], max_sequences: int, max_logits: int) -> dict[str, torch.Tensor]:
+def _batched(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: list[str], per_chunk: int) -> dict[str, torch.Tensor]:
     """Each forward holds a clean copy of the batch and up to ``per_chunk - 1`` ablated ones: the clean
     copy is the baseline (the same forward, so a head whose ablation changes nothing scores 0, not
     round-off) and gives the batch mean that ``mean`` writes."""
@@ -71,8 +76,6 @@ def _batched(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: list[st
     batch = dict(batch)
     inputs = model_inputs(batch)
     n = int(inputs[0].shape[0])
-    d_out = int(model.site("logits").info.sizes.get("d_out", 1))
-    per_chunk = max(2, min(max_sequences // max(n, 1), max_logits // max(n * int(inputs[0].shape[1]) * d_out, 1)))
     ablations = [(kind, l, h) for kind in kinds for l in range(n_layers) for h in range(n_heads)]
     scores: list[torch.Tensor] = []
     for start in range(0, len(ablations), per_chunk - 1):
