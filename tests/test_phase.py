@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -177,17 +176,20 @@ def test_detect_all() -> None:
     assert out["flat"] is None
 
 
-def test_fast_on_2000_points() -> None:
+def test_fit_is_vectorised_on_2000_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost is a handful of vectorised RSS passes, not a sequential search: counted, not timed
+    (a wall-clock bound fails on a loaded CI machine; experiments/benchmarks/run.py times it)."""
+    import clamp.metrics.phase as phase
+
+    calls = []
+    real = phase._profile
+    monkeypatch.setattr(phase, "_profile", lambda t, y, mids, taus: calls.append(mids.size) or real(t, y, mids, taus))
     rng = np.random.default_rng(0)
     t = np.arange(2000.0)
     y = logistic(t, 0.0, 1.0, 1300.0, 25.0) + rng.normal(0, 0.05, t.size)
-    detect_phase_change(t, y)  # warm-up
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        detect_phase_change(t, y)
-        times.append(time.perf_counter() - start)
-    assert min(times) < 0.1
+    pc = detect_phase_change(t, y)
+    assert pc is not None and abs(pc.midpoint - 1300) < 10
+    assert len(calls) <= 16, f"{len(calls)} RSS passes"
 
 
 def test_loss_with_initial_transient_and_slow_tail_finds_the_middle_drop() -> None:
