@@ -116,6 +116,7 @@ class ClampCLI(LightningCLI):
         tensorboard = getattr(logger, "class_path", "").endswith("TensorBoardLogger")
         if tensorboard and logger.init_args.name == "default":
             logger.init_args.name = cfg.experiment
+        _merge_clamp_callbacks(cfg.trainer.callbacks)
         if self.subcommand is None:  # `clamp sites`, the ensemble runner: built, not run
             return
         if self.subcommand == "fit" and cfg.ckpt_path == "last" and not cfg.resume:
@@ -154,6 +155,25 @@ class ClampCLI(LightningCLI):
             if callable(check):
                 check(self.trainer, self.model, self.datamodule)
         super()._run_subcommand(subcommand)
+
+
+def _merge_clamp_callbacks(callbacks: list[Any] | None) -> None:
+    """Several ``ClampCallback`` entries (e.g. two clamp config files layered onto one run) become one
+    callback holding all their interventions, in order: Lightning refuses two callbacks with one
+    checkpoint state key, and one engine sees every intervention (conflict rule, unique names)."""
+    clamps = [c for c in callbacks or [] if str(getattr(c, "class_path", "")).split(".")[-1] == "ClampCallback"]
+    if len(clamps) < 2:
+        return
+    first = clamps[0].init_args
+    for other in clamps[1:]:
+        for key in ("seed", "log_alpha"):
+            if getattr(other.init_args, key, None) != getattr(first, key, None):
+                raise ConfigError(
+                    f"trainer.callbacks has {len(clamps)} ClampCallbacks, merged into one, but they set different {key} "
+                    f"({getattr(first, key, None)!r} vs {getattr(other.init_args, key, None)!r}); give them the same {key}"
+                )
+        first.interventions = [*first.interventions, *other.init_args.interventions]
+        callbacks.remove(other)
 
 
 def _latest_run(experiment_dir: Path) -> Path:

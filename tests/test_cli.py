@@ -191,3 +191,26 @@ def test_empty_config_file_and_debug_traceback(tmp_path: Path, capsys: pytest.Ca
     monkeypatch.setenv("CLAMP_DEBUG", "1")
     with pytest.raises(ValueError, match="model.optimizer.lr"):
         main(["fit", *_shrink(tmp_path), "--model.optimizer.lr", "0"])
+
+
+def test_clamp_callbacks_from_two_config_files_merge_into_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Layering two clamp configs onto a run (each with its own ClampCallback) gives one callback with
+    both interventions; Lightning alone would refuse two callbacks sharing a checkpoint state key."""
+
+    def clamp_file(name: str, site: str, **init: object) -> str:
+        path = tmp_path / f"{name}.yaml"
+        cb = {"class_path": "clamp.ClampCallback", "init_args": {"interventions": [{"name": name, "site": site, "op": {"kind": "zero"}}], **init}}
+        path.write_text(yaml.safe_dump({"trainer": {"callbacks+": [cb]}}))
+        return str(path)
+
+    main(["fit", *_shrink(tmp_path, steps=4), "--experiment", "two_clamps", "--config", clamp_file("a", "layer1.head0.z"), "--config", clamp_file("b", "layer0.head1.z")])
+    cfg = yaml.safe_load((tmp_path / "runs" / "two_clamps" / "version_0" / "config.yaml").read_text())
+    clamps = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("ClampCallback")]
+    assert len(clamps) == 1 and [i["name"] for i in clamps[0]["init_args"]["interventions"]] == ["a", "b"]
+    summary = json.loads((tmp_path / "runs" / "two_clamps" / "version_0" / "summary.json").read_text())
+    assert [i["name"] for i in summary["interventions"]] == ["a", "b"]
+
+    with pytest.raises(SystemExit):
+        main(["fit", *_shrink(tmp_path, steps=4), "--experiment", "two_seeds", "--config", clamp_file("c", "layer1.head0.z", seed=1), "--config", clamp_file("d", "layer0.head1.z", seed=2)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ClampCallbacks" in err[0] and "seed" in err[0]
