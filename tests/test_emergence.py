@@ -31,7 +31,7 @@ def _fit(root: Path, steps: int, callbacks: list, *, d_model: int = 16, n_heads:
 
 
 def test_tensorboard_gets_head_scalars_layout_heatmaps_hparams_and_summary(tmp_path: Path) -> None:
-    emerge = EmergenceCallback(every_n_steps=10, probe_size=32, heatmap_every_n_steps=20)
+    emerge = EmergenceCallback(every_n_steps=10, causal_every_n_steps=10, probe_size=32, heatmap_every_n_steps=20)
     clamp = ClampCallback([{"site": "layer0.head1.z", "op": {"kind": "zero"}, "schedule": {"start": 0, "stop": 15}}])
     logger = _fit(tmp_path, 40, [emerge, clamp])
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0})
@@ -87,3 +87,14 @@ def test_repeat_probe_measures_induction_on_token_tasks(tmp_path: Path) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="every_n_steps"):
         EmergenceCallback(every_n_steps=0)
+
+
+def test_causal_importance_has_its_own_cadence_and_the_last_step(tmp_path: Path) -> None:
+    """Two forwards per head make causal importance most of a probe's cost: by default every 5th probe, plus the last."""
+    logger = _fit(tmp_path, 30, [EmergenceCallback(every_n_steps=5, probe_size=16, heatmap_every_n_steps=0)])
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("task/prev_token/L0H0")] == [0, 5, 10, 15, 20, 25, 30]
+    assert [e.step for e in acc.Scalars("task/ablate_zero/L0H0")] == [0, 25, 30]
+    with pytest.raises(ValueError, match="causal_every_n_steps=15 must be a positive multiple of every_n_steps=10"):
+        EmergenceCallback(every_n_steps=10, causal_every_n_steps=15)

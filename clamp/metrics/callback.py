@@ -88,6 +88,9 @@ class EmergenceCallback(Callback):
         probe_size: sequences per probe set.
         probe_seed: seeds the repeated-token probe (the task probe comes from the fixed eval set).
         causal: log each head's causal importance (``task/ablate_zero`` and ``task/ablate_mean``).
+        causal_every_n_steps: cadence of the causal importance (a multiple of ``every_n_steps``; also
+            at step 0 and the last step). It costs two forwards per head, ~2/3 of a probe, so by default
+            it runs at every 5th probe (``None``: ``5 * every_n_steps``).
         heatmap_every_n_steps: cadence of layer x head heatmap images (0 = only at the end).
         phase_curves: scalar tags to run phase-change detection on at the end (besides the
             per-head curves of the main metrics); defaults to every ``val/*`` tag and ``train/loss``.
@@ -107,6 +110,7 @@ class EmergenceCallback(Callback):
         probe_size: int = 256,
         probe_seed: int = 1234,
         causal: bool = True,
+        causal_every_n_steps: int | None = None,
         heatmap_every_n_steps: int = 500,
         phase_curves: list[str] | None = None,
         icl_positions: tuple[int, int] | None = None,
@@ -120,6 +124,9 @@ class EmergenceCallback(Callback):
             raise ValueError(f"every_n_steps must be > 0 and probe_size > 1, got {every_n_steps}, {probe_size}")
         self.every_n_steps, self.probe_size, self.probe_seed = every_n_steps, probe_size, probe_seed
         self.causal, self.heatmap_every_n_steps = causal, heatmap_every_n_steps
+        self.causal_every_n_steps = 5 * every_n_steps if causal_every_n_steps is None else causal_every_n_steps
+        if self.causal_every_n_steps <= 0 or self.causal_every_n_steps % every_n_steps:
+            raise ValueError(f"causal_every_n_steps={causal_every_n_steps} must be a positive multiple of every_n_steps={every_n_steps}")
         self.phase_curves, self.icl_positions = phase_curves, icl_positions
         self.needle_len, self.needle_depth = needle_len, needle_depth
         self.probe_interventions = dict(probe_interventions or {})
@@ -234,7 +241,7 @@ class EmergenceCallback(Callback):
                         if early in scored and late in scored:
                             scalars[f"curves/{probe}/icl_score"] = float(curves.in_context_learning_score(lbp, early, late))
                     scalars[f"curves/{probe}/attn_sink"] = float(head_scores[f"{probe}/attn_sink"].nanmean())
-                    if self.causal and probe == "task":
+                    if self.causal and probe == "task" and self._causal_due(trainer):
                         for kind, s in ablation_importance(model, batch).items():
                             head_scores[f"task/ablate_{kind}"] = s
                     if probe == "task":
@@ -243,6 +250,13 @@ class EmergenceCallback(Callback):
             batch_for_clamps.close()
             model.train(was_training)
         return head_scores, scalars
+
+    def _causal_due(self, trainer: L.Trainer | None) -> bool:
+        """Causal importance at its own cadence, and always at the last step (the final heatmaps and summary use it)."""
+        if trainer is None:  # an analysis call: measure everything
+            return True
+        step = trainer.global_step
+        return step % self.causal_every_n_steps == 0 or (trainer.max_steps is not None and 0 < trainer.max_steps <= step)
 
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
