@@ -404,11 +404,14 @@ class Report:
             self.add("")
             few = [speeds[c]["mean"] for c in ("pt_1", "pt_3") if c in speeds and speeds[c]["mean"]]
             allc = speeds.get("pt_all", {}).get("mean")
+            if "pt_all" in speeds and not speeds["pt_all"]["n"]:  # no seed learned within the run: slower than any that did
+                allc = math.inf
             self.verdict("finding 5 (clamps)", (
                 f"Learning speed with one / three / all eight layer-0 heads clamped to a perfect previous-token pattern: "
                 + " / ".join(fmt(speeds[c], integer=True) for c in ("pt_1", "pt_3", "pt_all") if c in speeds)
                 + (f"; unclamped {fmt(speeds['none'], integer=True)}. " if "none" in speeds else ". ")
-                + ("Reproduced: one or a few clamped heads give similar dynamics, all eight slow learning."
+                + ("Reproduced: one or a few clamped heads give similar dynamics, all eight slow learning"
+                   + (" (here: no seed learns within the run)." if allc == math.inf else ".")
                    if few and allc and allc > 1.2 * max(few) and max(few) <= 1.3 * min(few)
                    else "Not reproduced as stated: " + ("clamping all eight does not slow learning by > 20 % relative to one or three" if not (few and allc and allc > 1.2 * max(few)) else "one and three clamped heads differ by > 30 %") + ".")
             ))
@@ -635,7 +638,7 @@ def write(results: Path, out: Path, notes: Sequence[str], seconds: float) -> Pat
         f"| 6 data | `clamp sweep experiments/singh2024/studies/study6_data.yaml --ensemble 6 --jobs 2` | 4 data × (3 clamps × 938 + normal × 6,250 steps) × 2 seeds | {_ran(results, 6)} |",
         f"| 7 graft | `clamp sweep experiments/singh2024/studies/study7_graft.yaml --ensemble 2 --jobs 2` | 3 grafts × seed 0 × 3,125 steps | {_ran(results, 7)} |",
         "",
-        f"Wall time per study (first run's start to last run's end, as logged; two 1-thread processes on 2 CPU cores shared with other jobs, so ~15-50 % of a core each): {cpu}.",
+        f"Wall time per study (first run's start to last run's end, as logged; `--jobs 2`: two processes on 2 CPU cores, each an ensemble of runs; a helper's tests ran beside them at low priority): {cpu}.",
         "",
         "## Verdicts",
         "",
