@@ -120,3 +120,11 @@ def test_streamed_blocks_follow_the_same_sharding_rule(text_dm: TextDataModule, 
     assert torch.cat([s["index"] for s in single]).tolist() == list(range(160))
     # consecutive blocks overlap by one token: the stream is packed without gaps
     assert single[0]["tokens"][1, 0] == single[0]["targets"][0, -1]
+
+
+def test_a_missing_local_file_fails_at_once_instead_of_asking_the_hub(tmp_path: Path) -> None:
+    """A path that names a local file is never sent to the hub (whose retries take ~40 s offline)."""
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        TextDataModule(path=str(tmp_path / "missing.txt"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        TextDataModule(path="data/missing.jsonl", cache_dir=str(tmp_path / "cache"))

@@ -215,6 +215,8 @@ class TextDataModule(L.LightningDataModule):
             files = sorted(glob.glob(path, recursive=True))
         elif p.exists():
             files = [str(p)]
+        elif p.suffix in BUILDERS or path.startswith(("/", "./", "../", "~")):  # meant a local file: fail now, not after hub retries
+            raise FileNotFoundError(f"TextDataModule.path={path!r}: no such file or folder (hub datasets are named like 'roneneldan/TinyStories')")
         else:
             return None  # a hub dataset name
         if not files:
