@@ -658,8 +658,16 @@ def _ran(results: Path, study: int) -> str:
         return "not run"
     groups = load_groups([root])
     seeds = sorted({r.seed for rs in groups.values() for r in rs})
-    steps = max(int(r.scalars["step"].max()) + 1 for rs in groups.values() for r in rs)
+    steps = max(_last_step(r) for rs in groups.values() for r in rs)
     return f"{len(groups)} conditions × seeds {seeds}, up to {steps:,} steps"
+
+
+def _last_step(run: RunData) -> int:
+    """The step a run trained to: its summary's, else its last logged step (evaluations are logged at the step before)."""
+    summary = run.dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("step"):
+        return int(json.loads(summary.read_text())["step"])
+    return int(run.scalars["step"].max()) + 1
 
 
 def _cpu_time(results: Path) -> str:
