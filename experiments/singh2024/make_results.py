@@ -45,6 +45,14 @@ STUDIES = {
     1: "singh2024_s1_baseline", 3: "singh2024_s3_single_head", 4: "singh2024_s4_wiring",
     5: "singh2024_s5_subcircuits", 6: "singh2024_s6_data", 7: "singh2024_s7_graft",
 }
+SWEEPS = {  # the command that runs each study (as run for RESULTS.md), named once for the table and the 'not run' notes
+    1: "clamp sweep experiments/singh2024/studies/study1_baseline.yaml --ensemble 3 --jobs 2",
+    3: "clamp sweep experiments/singh2024/studies/study3_single_head.yaml --ensemble 4 --jobs 2",
+    4: "clamp sweep experiments/singh2024/studies/study4_wiring.yaml --ensemble 3 --jobs 2",
+    5: "clamp sweep experiments/singh2024/studies/study5_subcircuits.yaml --ensemble 9 --jobs 2",
+    6: "clamp sweep experiments/singh2024/studies/study6_data.yaml --ensemble 6 --jobs 2",
+    7: "clamp sweep experiments/singh2024/studies/study7_graft.yaml --ensemble 2 --jobs 2",
+}
 S5_LABELS = {
     "none": "none (A, B, C to learn)", "pt_1": '"1": L0H0 previous-token pattern', "layer1_12": '"1,2": A perfect (B, C to learn)',
     "match_1234": '"1,2,3qk,4": A, B perfect (only C)', "copy_35": '"3v,5": C perfect (A, B to learn)',
@@ -224,7 +232,7 @@ class Report:
         self.add("## Study 1 — baseline: plateau, phase change, induction heads (findings 1, 2)", "")
         groups = self.groups(1)
         if not groups:
-            self.missing(1, "clamp sweep experiments/singh2024/studies/study1_baseline.yaml --ensemble 3 --jobs 2")
+            self.missing(1, SWEEPS[1])
             return {}
         runs = groups["base"]
         fig = figure(12, 4.2 + 2.2 * math.ceil(len(runs) / 5))
@@ -345,7 +353,7 @@ class Report:
         self.add("## Study 3 — one layer-1 head at a time (finding 4)", "")
         groups = self.groups(3)
         if not groups:
-            self.missing(3, "clamp sweep experiments/singh2024/studies/study3_single_head.yaml --ensemble 4 --jobs 2")
+            self.missing(3, SWEEPS[3])
             return
         fig = figure(12, 4.5)
         a1, a2 = fig.subplots(1, 2)
@@ -392,7 +400,7 @@ class Report:
         g5, g4 = self.groups(5), self.groups(4)
         groups = {k: v for k, v in (("none", g5.get("none")), ("pt_1", g5.get("pt_1")), *g4.items()) if v}
         if not g4:
-            self.missing(4, "clamp sweep experiments/singh2024/studies/study4_wiring.yaml --ensemble 3 --jobs 2")
+            self.missing(4, SWEEPS[4])
         else:
             labels = {"none": "no clamp (study 5)", "pt_1": "L0H0 perfect previous-token (study 5)", "pt_3": "L0H0-2 perfect", "pt_all": "all 8 L0 heads perfect"}
             groups_figure(groups, self.figures / "study4_wiring.png", "Study 4: perfect previous-token patterns on 1, 3, 8 layer-0 heads (one L1 head active)", labels)
@@ -457,7 +465,7 @@ class Report:
         self.add("## Study 5 — subcircuit clamps (finding 6)", "")
         groups = self.groups(5)
         if not groups:
-            self.missing(5, "clamp sweep experiments/singh2024/studies/study5_subcircuits.yaml --ensemble 9 --jobs 2")
+            self.missing(5, SWEEPS[5])
         else:
             groups_figure(groups, self.figures / "study5_subcircuits.png", "Study 5: clamps leaving 1, 2 or 3 subcircuits to learn (mean ± 1 std over seeds)", S5_LABELS, zoom=800)
             self.add("![study 5](figures/study5_subcircuits.png)", "",
@@ -525,7 +533,7 @@ class Report:
         self.add("## Study 6 — data-dependent timing (finding 7)", "")
         groups = self.groups(6)
         if not groups:
-            self.missing(6, "clamp sweep experiments/singh2024/studies/study6_data.yaml --ensemble 6 --jobs 2")
+            self.missing(6, SWEEPS[6])
             return
         clamps = ["B", "C", "BC", "none"]
         datas = ["c50_l5", "c200_l5", "c50_l15", "c200_l15"]
@@ -574,7 +582,7 @@ class Report:
         self.add("## Study 7 — grafted layer 0 (appendix)", "")
         groups = self.groups(7)
         if not groups:
-            self.missing(7, "clamp sweep experiments/singh2024/studies/study7_graft.yaml --ensemble 2 --jobs 2")
+            self.missing(7, SWEEPS[7])
             return
         base = [r for r in self.groups(1).get("base", []) if r.seed in {r.seed for rs in groups.values() for r in rs}]
         allg = {"no graft (study 1)": base, **groups} if base else dict(groups)
@@ -630,13 +638,13 @@ def write(results: Path, out: Path, notes: Sequence[str], seconds: float) -> Pat
         "",
         "| study | sweep (one command each; then this script) | planned scale | in this report |",
         "|---|---|---|---|",
-        f"| 1 baseline | `clamp sweep experiments/singh2024/studies/study1_baseline.yaml --ensemble 3 --jobs 2` | 5 seeds × 3,125 steps (1e6 paper sequences) | {_ran(results, 1)} |",
+        f"| 1 baseline | `{SWEEPS[1]}` | 5 seeds × 3,125 steps (1e6 paper sequences) | {_ran(results, 1)} |",
         f"| 2 head analyses | this script (`clamp analyze` on study 1's last.ckpt) | 5 checkpoints × 1000 eval sequences | {len(list((results / STUDIES[1]).rglob('analysis.json'))) if (results / STUDIES[1]).is_dir() else 0} checkpoints |",
-        f"| 3 single head | `clamp sweep experiments/singh2024/studies/study3_single_head.yaml --ensemble 4 --jobs 2` | 8 heads × seed 0 × 3,125 steps | {_ran(results, 3)} |",
-        f"| 4 wiring | `clamp sweep experiments/singh2024/studies/study4_wiring.yaml --ensemble 3 --jobs 2` | 2 clamps × 3 seeds × 6,250 steps (+ study 5's none, pt_1) | {_ran(results, 4)} |",
-        f"| 5 subcircuits | `clamp sweep experiments/singh2024/studies/study5_subcircuits.yaml --ensemble 9 --jobs 2` | 6 conditions × 3 seeds × 6,250 steps (2e6 paper sequences); toy: 10 seeds | {_ran(results, 5)} |",
-        f"| 6 data | `clamp sweep experiments/singh2024/studies/study6_data.yaml --ensemble 6 --jobs 2` | 4 data × (3 clamps × 938 + normal × 6,250 steps) × 2 seeds | {_ran(results, 6)} |",
-        f"| 7 graft | `clamp sweep experiments/singh2024/studies/study7_graft.yaml --ensemble 2 --jobs 2` | 3 grafts × seed 0 × 3,125 steps | {_ran(results, 7)} |",
+        f"| 3 single head | `{SWEEPS[3]}` | 8 heads × seed 0 × 3,125 steps | {_ran(results, 3)} |",
+        f"| 4 wiring | `{SWEEPS[4]}` | 2 clamps × 3 seeds × 6,250 steps (+ study 5's none, pt_1) | {_ran(results, 4)} |",
+        f"| 5 subcircuits | `{SWEEPS[5]}` | 6 conditions × 3 seeds × 6,250 steps (2e6 paper sequences); toy: 10 seeds | {_ran(results, 5)} |",
+        f"| 6 data | `{SWEEPS[6]}` | 4 data × (3 clamps × 938 + normal × 6,250 steps) × 2 seeds | {_ran(results, 6)} |",
+        f"| 7 graft | `{SWEEPS[7]}` | 3 grafts × seed 0 × 3,125 steps | {_ran(results, 7)} |",
         "",
         f"Wall time per study (first run's start to last run's end, as logged; `--jobs 2`: two processes on 2 CPU cores, each an ensemble of runs; a helper's tests ran beside them at low priority): {cpu}.",
         "",
@@ -664,10 +672,9 @@ def _ran(results: Path, study: int) -> str:
 
 def _last_step(run: RunData) -> int:
     """The step a run trained to: its summary's, else its last logged step (evaluations are logged at the step before)."""
-    summary = run.dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("step"):
-        return int(json.loads(summary.read_text())["step"])
-    return int(run.scalars["step"].max()) + 1
+    path = run.dir / "summary.json"
+    step = json.loads(path.read_text()).get("step") if path.is_file() else None
+    return int(step) if step else int(run.scalars["step"].max()) + 1
 
 
 def _cpu_time(results: Path) -> str:
