@@ -236,3 +236,22 @@ def test_small_but_real_jump_needs_the_scale_to_count() -> None:
     y = logistic(t, 0.03, 0.03, 1500.0, 30.0)
     assert detect_phase_change(t, y) is not None  # on its own scale it is a clean transition
     assert phase_change_of("val/iw/acc", t, y) is None
+
+
+def test_icl_score_bump_of_a_real_natural_text_run() -> None:
+    """The ICL score of experiment 1b (natural_text/RESULTS.md), every 250 steps: a wobbly ~1.4-nat drop."""
+    icl = [-0.02, 0.56, 0.42, 0.42, 0.43, 0.2, 0.17, -0.08, 0.21, -0.32, -0.72, -1.09, -0.88, -0.97, -1.05, -1.08,
+           -1.16, -1.09, -0.97, -1.01, -1.1, -0.96, -1.07, -1.12, -1.14, -1.19, -1.08, -1.09, -1.1, -1.12, -1.1, -1.1,
+           -1.22, -1.18, -1.24, -1.08, -0.94]  # fmt: skip
+    pc = detect_phase_change(np.arange(len(icl)) * 250.0, np.asarray(icl))
+    assert pc is not None and pc.direction == "drop"
+    assert 1750 <= pc.onset < pc.midpoint < pc.end <= 3000 and pc.jump == pytest.approx(-1.4, abs=0.15)
+
+
+def test_emergence_summary_detects_phase_changes_on_icl_scores() -> None:
+    from clamp.metrics.callback import EmergenceCallback
+
+    cb = EmergenceCallback()
+    cb.history = {"curves/task/icl_score": [(i, v) for i, v in enumerate([0.0] * 10 + [-1.0] * 10)], "curves/task/loss": [(0, 1.0)]}
+    assert cb._phase_curves() == ["curves/task/icl_score"]
+    assert cb.summarize()["phase_changes"]["curves/task/icl_score"]["direction"] == "drop"

@@ -93,7 +93,8 @@ class EmergenceCallback(Callback):
             it runs at every 5th probe (``None``: ``5 * every_n_steps``).
         heatmap_every_n_steps: cadence of layer x head heatmap images (0 = only at the end).
         phase_curves: scalar tags to run phase-change detection on at the end (besides the
-            per-head curves of the main metrics); defaults to every ``val/*`` tag and ``train/loss``.
+            per-head curves of the main metrics); defaults to every ``val/*`` tag, ``train/loss`` and
+            the in-context-learning scores (``curves/*/icl_score``: Olsson et al.'s phase change).
         icl_positions: ``(early, late)`` positions for the ICL score; default ``(T // 10, T - 2)``.
         needle_len: length of the needle-in-a-haystack probe's needle (0: no needle probe).
         needle_depth: range of the needle's depth as fractions of the context.
@@ -450,7 +451,9 @@ class EmergenceCallback(Callback):
 
     # ------------------------------------------------------------------ summary
     def _phase_curves(self) -> list[str]:
-        main = self.phase_curves or sorted(k for k in self.history if k.startswith("val/") or k == "train/loss")
+        main = self.phase_curves or sorted(
+            k for k in self.history if k.startswith("val/") or k == "train/loss" or k.endswith("/icl_score")
+        )
         per_head = sorted(k for k in self.history if k.rsplit("/", 1)[0] in HEAD_METRICS_FOR_PHASE)
         return [c for c in main + per_head if c in self.history]
 
