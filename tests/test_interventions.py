@@ -342,6 +342,60 @@ def test_clamp_to_reference_per_head_and_no_gradient_through_the_clamp(model: Tr
     assert g["blocks.1.attn.qkv.weight"].abs().sum() > 0
 
 
+@pytest.mark.parametrize(
+    "iv",
+    [
+        {"site": "layer0.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}},
+        {"site": "layer0.head*.z", "op": {"kind": "zero"}},
+        {"site": "layer0.pattern", "op": {"kind": "constant", "value": [[1.0 if k == max(q - 1, 0) else 0.0 for k in range(T)] for q in range(T)]}},
+        {"site": "layer0.head*.z", "op": {"kind": "mean", "over": "batch"}},
+    ],
+    ids=["reference", "zero", "constant", "mean"],
+)
+def test_full_replacement_cuts_the_graph_with_the_same_values_and_gradients(iv: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole activation replaced at alpha 1 is returned as the value itself: backward skips what
+    produced it. Outputs and gradients equal the masked formula's, parameters cut off get zeros."""
+    results = {}
+    for cut in (False, True):
+        m = make_model(0)
+        m.blocks[0].attn.qkv.weight.data.mul_(1.5)  # the init reference differs from the trained-to-be model
+        engine = InterventionEngine(m, [iv], seed=0)
+        engine.load_references()
+        with torch.no_grad():
+            m.blocks[0].attn.qkv.weight.mul_(2.0)
+        monkeypatch.setattr(InterventionEngine, "_may_cut_graph", staticmethod(lambda cut=cut: cut))
+        engine.mode = "train"
+        engine.update(0)
+        m.zero_grad(set_to_none=True)
+        out = m(TOK)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        assert engine.graph_cut is cut
+        engine.fill_missing_grads(m.parameters())
+        assert not engine.graph_cut
+        results[cut] = (out.detach(), {n: p.grad.clone() for n, p in m.named_parameters()})
+        engine.detach()
+    (out0, g0), (out1, g1) = results[False], results[True]
+    assert torch.allclose(out0, out1, atol=ATOL)
+    assert g0.keys() == g1.keys()
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], atol=ATOL), n
+
+
+def test_partial_or_ramped_replacement_keeps_the_graph(model: Transformer) -> None:
+    for iv in (
+        {"site": "layer0.head1.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}},
+        {"site": "layer0.head*.z", "op": {"kind": "zero"}, "schedule": {"strength": 0.5}},
+    ):
+        engine = InterventionEngine(model, [iv], seed=0)
+        engine.load_references()
+        engine.mode = "train"
+        engine.update(0)
+        model(TOK).sum().backward()
+        assert not engine.graph_cut
+        engine.detach()
+        model.zero_grad(set_to_none=True)
+
+
 def test_clamp_to_reference_init_is_the_model_at_engine_creation(model: Transformer) -> None:
     snapshot = copy.deepcopy(model)
     with intervene(model, [{"site": "layer0.head0.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}]):

@@ -239,6 +239,9 @@ class EnsembleTrainer:
         losses = torch.stack([loss for loss, _ in pairs])
         losses.sum().backward()
         self._fold_member_grads()
+        for p in self.model.parameters():  # a full clamp in every member cuts a parameter off: zero, as uncut
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
         self._clip_gradients()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()

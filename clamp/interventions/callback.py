@@ -186,6 +186,10 @@ class ClampCallback(Callback):
         if self.log_alpha and alphas:
             self._log_alphas(trainer, alphas)
 
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.engine is not None:
+            self.engine.fill_missing_grads(pl_module.parameters())
+
     def _log_alphas(self, trainer: L.Trainer, alphas: dict[str, float]) -> None:
         """Log at the trainer's cadence and on both sides of every change, so TensorBoard draws exact steps."""
         step = trainer.global_step

@@ -272,7 +272,10 @@ class InterventionEngine:
         self._sources: dict[str, dict[str, torch.Tensor]] = {}
         self._record: dict[str, torch.Tensor] = {}
         self._busy = False
-        self._mask_cache: dict[tuple, torch.Tensor] = {}
+        self._mask_cache: dict[tuple, tuple[torch.Tensor, bool]] = {}
+        # set when a forward replaced a whole activation without graph through it; parameters
+        # upstream of it may then have no gradient at all (see fill_missing_grads)
+        self.graph_cut = False
 
     # ------------------------------------------------------------------ validation
     def _bind(self, i: int, item: Intervention | Mapping[str, Any], nested_in: str | None) -> Bound:
@@ -543,10 +546,11 @@ class InterventionEngine:
             if b.nested is not None:
                 b.nested.detach()
 
-    def _mask(self, site: Site, head: int | tuple[int, ...] | None, spec: Intervention, x: torch.Tensor) -> torch.Tensor:
+    def _mask(self, site: Site, head: int | tuple[int, ...] | None, spec: Intervention, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The selection as a 0/1 tensor that broadcasts against ``x``, and whether it selects all of ``x``."""
         key = (site.name, head, spec.label, tuple(x.shape[1:]), x.device, x.dtype)
-        m = self._mask_cache.get(key)
-        if m is None:
+        cached = self._mask_cache.get(key)
+        if cached is None:
             info = site.info
             m = torch.ones((1,) * x.dim(), device=x.device, dtype=x.dtype)
             if head is not None and info.head_dim is not None:
@@ -555,8 +559,8 @@ class InterventionEngine:
                 m = m * self._axis_mask(x, info.pos_dim, spec.positions)
             if spec.features is not None:
                 m = m * self._axis_mask(x, x.dim() - 1, spec.features)
-            self._mask_cache[key] = m
-        return m
+            cached = self._mask_cache[key] = (m, bool((m == 1).all()))
+        return cached
 
     @staticmethod
     def _axis_mask(x: torch.Tensor, dim: int, index: list[int]) -> torch.Tensor:
@@ -584,14 +588,33 @@ class InterventionEngine:
                 reader = None
                 if b.reads:
                     reader = partial(self._read, b, self._sources.get(b.pass_key, {}) if b.pass_key else self._record)
-                ctx = OpContext(site, head, self.mode, self.generator, self.state[b.spec.label], src, self.batch, b.grad, reader, self.step)
-                m = self._mask(site, head, b.spec, x) * alpha
-                x = b.op.apply(x, m, ctx)
+                mask, covers_all = self._mask(site, head, b.spec, x)
+                full = covers_all and alpha == 1 and b.op.replaces and self._may_cut_graph()
+                ctx = OpContext(site, head, self.mode, self.generator, self.state[b.spec.label], src, self.batch, b.grad, reader, self.step, full)
+                x = b.op.apply(x, mask if alpha == 1 else mask * alpha, ctx)
+                if full and torch.is_grad_enabled():
+                    self.graph_cut = True
             if record:
                 self._record[site.name] = x
             return x
 
         return hook
+
+    @staticmethod
+    def _may_cut_graph() -> bool:
+        """Whether a full replacement may drop x's graph. Not under DDP: a parameter left with no
+        gradient on one rank stalls its gradient reduction, so there x keeps its (zero) graph."""
+        return not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
+
+    def fill_missing_grads(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """After a backward through a cut graph: zero gradients for trainable parameters that got none,
+        as the uncut graph gives them, so AdamW still applies weight decay and momentum to them."""
+        if not self.graph_cut:
+            return
+        self.graph_cut = False
+        for p in params:
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
 
     @staticmethod
     def _read(b: Bound, cache: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:

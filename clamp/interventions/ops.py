@@ -60,6 +60,9 @@ class OpContext:
     grad: bool = False
     reader: Callable[[str], torch.Tensor] | None = field(default=None, repr=False)
     step: int | None = None  # optimizer step (the micro-batches of one accumulated step share it)
+    # the mask selects all of x at alpha 1: a replacing op returns its value alone, with no graph
+    # through x (x's coefficient would be 0), so backward skips what produced x (see Op.apply)
+    full: bool = False
 
     def read(self, name: str) -> torch.Tensor:
         """The activation of site ``name`` (as its own interventions left it); detached unless ``grad``."""
@@ -115,7 +118,14 @@ class Op:
         v = self.value(x if ctx.grad else x.detach(), ctx)
         if not ctx.grad:
             v = v.detach()
+        if ctx.full:  # exactly the value (x + (v - x) is v only up to rounding, and NaN where x is -inf)
+            return _full_like(v.to(x.dtype), x)
         return x + m * (v.to(x.dtype) - x)
+
+
+def _full_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``v`` broadcast to ``x``'s shape as a tensor of its own (later ops may write into activations)."""
+    return v if v.shape == x.shape else v.expand(x.shape).contiguous()
 
 
 @dataclass
@@ -156,7 +166,7 @@ class Zero(Op):
     grad_kind: ClassVar[str] = "constant"
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
-        return x * (1 - m)
+        return torch.zeros_like(x) if ctx.full else x * (1 - m)
 
 
 @dataclass
@@ -342,6 +352,8 @@ class Constant(Op):
         return check_value_shape(self._tensor, x, ctx, "constant").to(x.device)
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        if ctx.full:
+            return _full_like(self.value_for(x, ctx).to(x.dtype), x)
         return x + m * (self.value_for(x, ctx).to(x.dtype) - x)
 
 
