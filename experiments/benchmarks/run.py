@@ -140,8 +140,9 @@ def step_timings(rounds: int, steps: int) -> dict[str, float | None]:
     base = Transformer(TransformerConfig(**mc).resolved(d_vocab=vocab, n_ctx=n_ctx, d_out=vocab - 1))
     steppers: dict[str, Callable[[], None]] = {}
 
-    def clamp_stepper(interventions: list[dict[str, Any]] | None) -> Callable[[], None]:
+    def clamp_stepper(interventions: list[dict[str, Any]] | None, scale: int = 1) -> Callable[[], None]:
         model = copy.deepcopy(base)
+        toks, tgts = (tokens, targets) if scale == 1 else (tokens.repeat(scale, 1), targets.repeat(scale))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         engine = InterventionEngine(model, interventions, seed=0) if interventions is not None else None
         if engine is not None:
@@ -152,7 +153,7 @@ def step_timings(rounds: int, steps: int) -> dict[str, float | None]:
             if engine is not None:
                 engine.mode = "train"
                 engine.update(state["step"])
-            loss = F.cross_entropy(model(tokens)[:, -1], targets)
+            loss = F.cross_entropy(model(toks)[:, -1], tgts)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -164,6 +165,8 @@ def step_timings(rounds: int, steps: int) -> dict[str, float | None]:
     steppers["clamp idle engine"] = clamp_stepper([{"site": "layer0.head1.z", "op": {"kind": "zero"}, "schedule": {"start": 10**9}}])
     steppers["clamp head ablation"] = clamp_stepper([{"site": "layer0.head1.z", "op": {"kind": "zero"}}])
     steppers["clamp clamp_to_reference"] = clamp_stepper([{"site": "layer0.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}])
+    for n in (8, 16):  # one model doing an n-member ensemble's arithmetic: the floor for that ensemble's step
+        steppers[f"clamp plain, batch x{n}"] = clamp_stepper(None, scale=n)
     unavailable: dict[str, str] = {}
     try:
         steppers.update(_lens_steppers(mc, batch, n_ctx, vocab, tokens, targets))
@@ -482,6 +485,16 @@ def report(res: dict[str, Any], steps: int, ens_steps: int, load0: tuple, load1:
         "whose curves equal the separate runs' (tests/test_ensemble.py). One run and the plain ensembles use one torch "
         "thread (a single tiny run is fastest that way); the rows with more threads give the same ensemble every core "
         "of the machine, as `torch_threads` in its config does.",
+    ]
+    floors = [(n, st[f"clamp plain, batch x{n}"] / st["clamp plain"]) for n in (8, 16) if f"clamp plain, batch x{n}" in st]
+    if floors:
+        lines += [
+            "",
+            "The floor: " + "; ".join(f"one model training on {n}x the batch (the arithmetic of {n} members, as one batched computation) takes {r:.2f}x a step" for n, r in floors)
+            + " (section 2, one thread). An ensemble cannot do its members' arithmetic in less, so on this machine the ensemble "
+            "ratios above are bounded by these, not by the per-operation overhead that batching removes.",
+        ]
+    lines += [
         "",
         "## 4. Peak memory (max RSS of a fresh process; every pattern clamped to a reference model vs no clamp)",
         "",
