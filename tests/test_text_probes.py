@@ -29,6 +29,16 @@ def test_needle_batch_marks_exactly_the_copy_steps() -> None:
         needle_batch(hay, 20, 50, np.random.default_rng(0))
 
 
+def test_needle_batch_takes_given_needles() -> None:
+    hay = torch.randint(0, 50, (4, 40), generator=torch.Generator().manual_seed(0))
+    given = torch.arange(20).view(4, 5) + 100  # tokens that cannot come from the haystack
+    b = needle_batch(hay, 5, 50, np.random.default_rng(0), needles=given)
+    assert torch.equal(b["tokens"][:, 35:], given)
+    assert torch.equal(b["tokens"][torch.arange(4)[:, None], b["needle_pos"][:, None] + torch.arange(5)], given)
+    with pytest.raises(ValueError, match=r"needles must have shape \[4, 5\]"):
+        needle_batch(hay, 5, 50, np.random.default_rng(0), needles=given[:, :3])
+
+
 def test_top_vs_random_ablation_reports_both_sides() -> None:
     torch.manual_seed(0)
     model = HFModelConfig("gpt2", {"n_layer": 2, "n_head": 2, "n_embd": 16, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}).build(30, 32).eval()

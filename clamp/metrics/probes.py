@@ -23,12 +23,21 @@ from clamp.metrics import curves
 from synthetic_data.base import model_inputs
 
 
-def needle_batch(haystack: torch.Tensor, needle_len: int, vocab: int, rng: np.random.Generator, depth: tuple[float, float] = (0.1, 0.5)) -> dict[str, torch.Tensor]:
+def needle_batch(
+    haystack: torch.Tensor,
+    needle_len: int,
+    vocab: int,
+    rng: np.random.Generator,
+    depth: tuple[float, float] = (0.1, 0.5),
+    needles: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Haystack rows ``[N, T]`` with a random needle at a random depth and repeated at the end.
 
     The first copy starts at ``p ~ U[depth[0] * T, depth[1] * T)``; the second copy fills the
     last ``needle_len`` positions. ``loss_mask`` is set at the positions predicting the second
     copy's tokens 2..L (its first token is the cue); ``copy_src`` holds their source positions.
+    ``needles`` ``[N, needle_len]`` gives the needles (e.g. spans of other text, as Wu et al.'s
+    natural-language needles); by default they are uniform random tokens from the vocabulary.
     """
     n, t = haystack.shape
     if not 2 <= needle_len <= t // 4:
@@ -37,7 +46,11 @@ def needle_batch(haystack: torch.Tensor, needle_len: int, vocab: int, rng: np.ra
     if not 0 <= lo < hi <= t - 2 * needle_len:
         raise ValueError(f"needle depth {depth} does not fit a needle of {needle_len} in a context of {t}")
     tokens = haystack.clone().long()
-    needles = torch.from_numpy(rng.integers(0, vocab, size=(n, needle_len))).long()
+    if needles is None:
+        needles = torch.from_numpy(rng.integers(0, vocab, size=(n, needle_len))).long()
+    elif tuple(needles.shape) != (n, needle_len):
+        raise ValueError(f"needles must have shape [{n}, {needle_len}] (rows x needle_len), got {list(needles.shape)}")
+    needles = needles.long()
     p = torch.from_numpy(rng.integers(lo, hi, size=n)).long()
     q = t - needle_len
     ar = torch.arange(needle_len)

@@ -3,7 +3,9 @@
     python experiments/natural_text/plot.py OUT.png RUN_DIR [RUN_DIR ...]
 
 Reads the runs' TensorBoard event files (what EmergenceCallback logged) and prints the table
-rows that RESULTS.md quotes.
+rows that RESULTS.md quotes, and the phase changes (clamp's detector, ``phase_change_of``) of
+the ICL score and of the best layer-1 induction score, which the figure marks (dotted: onset
+and end, on the ICL panel and the induction panel).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tbparse import SummaryReader  # noqa: E402
+
+from clamp.metrics.phase import phase_change_of  # noqa: E402
 
 PANELS = [
     ("curves/task/icl_score", "ICL score (late - early token loss, nats)", None),
@@ -42,6 +46,15 @@ def main(out: str, *runs: str) -> None:
             ax.plot(s.index, s.values, label=label)
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
+        for ax, (tag, _, how) in zip(axes.flat[:2], PANELS[:2]):
+            s = series(scalars, tag, how)
+            pc = phase_change_of(tag if not how else "repeat/induction/max", s.index.to_numpy(float), s.to_numpy(float))
+            print(f"  {label} phase change of {tag}{' (max over heads)' if how else ''}: " + (
+                f"onset {pc.onset:.0f}, midpoint {pc.midpoint:.0f}, end {pc.end:.0f}, {pc.before:.3f} -> {pc.after:.3f}" if pc else "none"))
+            if pc:
+                color = ax.get_lines()[-1].get_color()
+                for x in (pc.onset, pc.end):
+                    ax.axvline(x, color=color, ls=":", lw=1)
         last = {tag: float(series(scalars, tag, how).iloc[-1]) for tag, _, how in PANELS if len(series(scalars, tag, how))}
         print(f"| {label} | {int(scalars.step.max())} | " + " | ".join(f"{last.get(t, float('nan')):.3f}" for t, _, _ in PANELS) + " |")
     for ax in axes.flat:
