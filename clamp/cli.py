@@ -25,6 +25,7 @@ import re
 import signal
 import sys
 import warnings
+from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePath
 from typing import Any
@@ -128,6 +129,8 @@ class ClampCLI(LightningCLI):
             cfg.ckpt_path = str(ckpt)
             if self.subcommand == "fit" and tensorboard:
                 _continue_in(logger.init_args, run_dir_of(ckpt), ckpt)
+            if self.subcommand == "fit":
+                _check_time_budget(cfg.trainer.max_time, ckpt)
         if self.subcommand == "validate":  # evaluating a checkpoint prints its metrics; it writes no run folder or file
             if not cfg.resume:
                 raise ConfigError("validate needs a trained model: clamp validate --resume runs/<experiment>/version_<N>")
@@ -185,6 +188,35 @@ def _latest_run(experiment_dir: Path) -> Path:
             "train first, or pass --resume runs/<experiment>/version_<N>"
         )
     return max(candidates, key=lambda d: int(d.name.split("_")[-1]) if d.name.split("_")[-1].isdigit() else -1)
+
+
+def _as_seconds(max_time: Any) -> float | None:
+    """Lightning's ``max_time`` ("DD:HH:MM:SS", a dict of timedelta fields or a timedelta) in seconds."""
+    if max_time is None:
+        return None
+    if isinstance(max_time, timedelta):
+        return max_time.total_seconds()
+    if isinstance(max_time, str):
+        days, hours, minutes, seconds = (int(x) for x in max_time.strip().split(":"))
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
+    return timedelta(**dict(max_time)).total_seconds()
+
+
+def _check_time_budget(max_time: Any, ckpt: Path) -> None:
+    """Refuse a resume whose ``max_time`` the run has already used: Lightning's Timer counts the whole
+    run across resumes, so it would stop at once, having trained nothing."""
+    limit = _as_seconds(max_time)
+    if limit is None:
+        return
+    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {}).get("Timer", {})
+    used = float(state.get("time_elapsed", {}).get("train", 0.0))
+    if used >= limit:
+        hms = lambda t: str(timedelta(seconds=round(t)))  # noqa: E731
+        raise ConfigError(
+            f"trainer.max_time={max_time!r} ({hms(limit)}): the run already trained for {hms(used)} and max_time counts "
+            f"the whole run across resumes, so it would stop at once; give the total budget, e.g. "
+            f"--trainer.max_time 00:{hms(used + 3600).zfill(8)} for one more hour"
+        )
 
 
 def _continue_in(logger_args: Any, run_dir: Path, ckpt: Path) -> None:

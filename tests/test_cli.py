@@ -214,3 +214,16 @@ def test_clamp_callbacks_from_two_config_files_merge_into_one(tmp_path: Path, ca
         main(["fit", *_shrink(tmp_path, steps=4), "--experiment", "two_seeds", "--config", clamp_file("c", "layer1.head0.z", seed=1), "--config", clamp_file("d", "layer0.head1.z", seed=2)])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ClampCallbacks" in err[0] and "seed" in err[0]
+
+
+def test_resume_with_a_used_up_max_time_is_refused_with_the_total_to_give(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """max_time counts the whole run across resumes: a budget the run has used would stop at once, silently."""
+    main(["fit", *_shrink(tmp_path, steps=10), "--experiment", "timed", "--trainer.max_time", "00:01:00:00"])
+    run = tmp_path / "runs" / "timed" / "version_0"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--resume", str(run), "--trainer.max_steps", "20", "--trainer.max_time", "00:00:00:00"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_time='00:00:00:00'" in err and "counts the whole run across resumes" in err and "--trainer.max_time 00:01:00:" in err
+    main(["fit", "--resume", str(run), "--trainer.max_steps", "20", "--trainer.max_time", "00:01:00:00"])  # a total budget: trains on
+    assert json.loads((run / "summary.json").read_text())["step"] == 20
