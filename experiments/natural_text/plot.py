@@ -10,7 +10,6 @@ and end, on the ICL panel and the induction panel).
 
 from __future__ import annotations
 
-import glob
 import sys
 
 import matplotlib
@@ -39,7 +38,9 @@ def series(scalars, prefix: str, how: str | None):
 def main(out: str, *runs: str) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for run in runs:
-        scalars = SummaryReader(sorted(glob.glob(f"{run}/events.out.tfevents.*"))[-1]).scalars
+        # every event file of the run (a resumed run adds one); a step logged twice keeps its latest value
+        scalars = SummaryReader(run, extra_columns={"wall_time"}).scalars.sort_values("wall_time")
+        scalars = scalars.drop_duplicates(["tag", "step"], keep="last").sort_values(["tag", "step"])
         label = run.rstrip("/").split("/")[-2]
         for ax, (tag, title, how) in zip(axes.flat, PANELS):
             s = series(scalars, tag, how)
