@@ -205,7 +205,10 @@ def _as_seconds(max_time: Any) -> float | None:
 def _check_time_budget(max_time: Any, ckpt: Path) -> None:
     """Refuse a resume whose ``max_time`` the run has already used: Lightning's Timer counts the whole
     run across resumes, so it would stop at once, having trained nothing."""
-    limit = _as_seconds(max_time)
+    try:
+        limit = _as_seconds(max_time)
+    except (ValueError, TypeError):  # a malformed max_time: Lightning's own check names it
+        return
     if limit is None:
         return
     state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {}).get("Timer", {})

@@ -227,6 +227,18 @@ class EnsembleTrainer:
                 target.grad[m] += p.grad
                 p.grad = None
 
+    def _fill_missing_grads(self) -> None:
+        """Zero gradients for stacked parameters that a whole-activation clamp cut off in every member,
+        as a single run's ClampCallback gives them (``InterventionEngine.fill_missing_grads``)."""
+        engines = [cb.engine for m in self.members for cb in m.callbacks if getattr(cb, "engine", None) is not None]
+        if not any(e.graph_cut for e in engines):
+            return
+        for e in engines:
+            e.graph_cut = False
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+
     def _train_step(self, batches: list[dict[str, torch.Tensor]]) -> None:
         step = self.global_step
         for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
@@ -239,9 +251,7 @@ class EnsembleTrainer:
         losses = torch.stack([loss for loss, _ in pairs])
         losses.sum().backward()
         self._fold_member_grads()
-        for p in self.model.parameters():  # a full clamp in every member cuts a parameter off: zero, as uncut
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
+        self._fill_missing_grads()
         self._clip_gradients()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
