@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clamp.metrics import heads
-from clamp.metrics.probes import needle_batch, top_vs_random_ablation
+from clamp.metrics.probes import needle_batch, text_span_needles, top_vs_random_ablation
 from models.hf import HFModelConfig
 
 
@@ -37,6 +37,19 @@ def test_needle_batch_takes_given_needles() -> None:
     assert torch.equal(b["tokens"][torch.arange(4)[:, None], b["needle_pos"][:, None] + torch.arange(5)], given)
     with pytest.raises(ValueError, match=r"needles must have shape \[4, 5\]"):
         needle_batch(hay, 5, 50, np.random.default_rng(0), needles=given[:, :3])
+
+
+def test_text_span_needles_are_spans_of_another_row() -> None:
+    hay = torch.arange(6 * 40).view(6, 40)  # every token says where it came from
+    needles = text_span_needles(hay, 5, np.random.default_rng(0))
+    assert needles.shape == (6, 5)
+    rows, cols = needles // 40, needles % 40
+    assert torch.equal(rows, ((torch.arange(6) + 3) % 6)[:, None].expand(6, 5))  # borrowed from row i + N/2
+    assert torch.all(cols[:, 1:] - cols[:, :-1] == 1)  # a contiguous span
+    from clamp.metrics.callback import EmergenceCallback
+
+    with pytest.raises(ValueError, match="needle_from='words'; valid: 'random', 'text'"):
+        EmergenceCallback(needle_len=4, needle_from="words")
 
 
 def test_top_vs_random_ablation_reports_both_sides() -> None:

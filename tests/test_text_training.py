@@ -51,7 +51,7 @@ def config(tmp_path: Path, *, batch_size: int, devices: int = 1, precision: str 
                         ]
                     },
                 },
-                {"class_path": "clamp.EmergenceCallback", "init_args": {"every_n_steps": 4, "probe_size": 8, "causal": False, "needle_len": 4}},
+                {"class_path": "clamp.EmergenceCallback", "init_args": {"every_n_steps": 4, "probe_size": 8, "causal": False, "needle_len": 4, "needle_from": "text"}},
                 {"class_path": "tests.helpers.LossTrace", "init_args": {"out_path": str(tmp_path / f"loss_{devices}.json")}},
             ],
         },

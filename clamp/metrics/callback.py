@@ -51,7 +51,7 @@ from clamp.interventions.engine import InterventionEngine, intervene
 from clamp.metrics import curves, heads
 from clamp.metrics.ablation import ablation_importance
 from clamp.metrics.phase import curve_scale, phase_change_of
-from clamp.metrics.probes import needle_batch
+from clamp.metrics.probes import needle_batch, text_span_needles
 from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
 from clamp.preemption import stop_reason
 from clamp.run_files import write_summary
@@ -98,6 +98,9 @@ class EmergenceCallback(Callback):
         icl_positions: ``(early, late)`` positions for the ICL score; default ``(T // 10, T - 2)``.
         needle_len: length of the needle-in-a-haystack probe's needle (0: no needle probe).
         needle_depth: range of the needle's depth as fractions of the context.
+        needle_from: ``'random'`` (uniform random tokens) or ``'text'`` (spans of other held-out
+            sequences, like Wu et al.'s natural-language needles: a small model trained on text
+            may retrieve these long before it copies arbitrary tokens).
         probe_interventions: ``{set name: [intervention, ...]}``; the task probe is also evaluated
             under each set (only there, fully on), logged as ``task/<set>/loss`` and ``task/<set>/acc``.
         learning_speed_threshold: summary.json's ``learning_speed`` is the first evaluation at which
@@ -117,6 +120,7 @@ class EmergenceCallback(Callback):
         icl_positions: tuple[int, int] | None = None,
         needle_len: int = 0,
         needle_depth: tuple[float, float] = (0.1, 0.5),
+        needle_from: str = "random",
         probe_interventions: dict[str, list[dict[str, Any]]] | None = None,
         learning_speed_threshold: float = 0.4 * math.log(2),
         learning_speed_curve: str | None = None,
@@ -130,6 +134,9 @@ class EmergenceCallback(Callback):
             raise ValueError(f"causal_every_n_steps={causal_every_n_steps} must be a positive multiple of every_n_steps={every_n_steps}")
         self.phase_curves, self.icl_positions = phase_curves, icl_positions
         self.needle_len, self.needle_depth = needle_len, needle_depth
+        if needle_from not in ("random", "text"):
+            raise ValueError(f"EmergenceCallback.needle_from={needle_from!r}; valid: 'random', 'text'")
+        self.needle_from = needle_from
         self.probe_interventions = dict(probe_interventions or {})
         for name, items in self.probe_interventions.items():
             if not name or "/" in name or not isinstance(items, (list, tuple)) or not items:
@@ -168,7 +175,9 @@ class EmergenceCallback(Callback):
             task = probes.get("task")
             if task is None or task.get("feature_mask") is not None:
                 raise ValueError(f"EmergenceCallback.needle_len={self.needle_len} needs a DataModule whose eval set is token sequences (e.g. clamp.text.TextDataModule)")
-            probes["needle"] = needle_batch(task["tokens"], self.needle_len, vocab, batch_rng(self.probe_seed, 97, 0), tuple(self.needle_depth))
+            rng = batch_rng(self.probe_seed, 97, 0)
+            needles = text_span_needles(task["tokens"], self.needle_len, rng) if self.needle_from == "text" else None
+            probes["needle"] = needle_batch(task["tokens"], self.needle_len, vocab, rng, tuple(self.needle_depth), needles=needles)
         return {name: _to(b, pl_module.device) for name, b in probes.items()}
 
     # ------------------------------------------------------------------ measuring

@@ -7,6 +7,9 @@
   :func:`clamp.metrics.heads.retrieval_score` gives Wu et al.'s retrieval score per head (the
   fraction of correctly copied tokens at which the head's top attention is on that token) and
   the loss mask scores only the copy steps (``curves/needle/acc`` is retrieval accuracy).
+* :func:`text_span_needles`: needles that are spans of *other* text (Wu et al. hide a
+  natural-language needle): out of place in the haystack but in the model's distribution, so a
+  model that copies text it knows can retrieve them where it cannot copy random tokens.
 * :func:`ablation_effect`: retrieval accuracy and loss with a set of heads zero-ablated
   (through the interventions engine), and :func:`top_vs_random_ablation`, which compares
   ablating the top-k retrieval heads with ablating k random heads.
@@ -62,6 +65,17 @@ def needle_batch(
     copy_src[:, q : t - 1] = p[:, None] + ar[1:]  # predicting token q + j (j >= 1) copies from p + j
     loss_mask = copy_src >= 0
     return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "copy_src": copy_src, "needle_pos": p}
+
+
+def text_span_needles(haystack: torch.Tensor, needle_len: int, rng: np.random.Generator) -> torch.Tensor:
+    """``[N, needle_len]`` needles: for row i a random span of row ``(i + N // 2) % N`` (another
+    sequence, far away in the eval set) of ``haystack [N, T]``."""
+    n, t = haystack.shape
+    if n < 2:
+        raise ValueError(f"text-span needles need at least 2 haystack rows to borrow from, got {n}")
+    start = torch.from_numpy(rng.integers(0, t - needle_len, size=n))
+    donor = torch.roll(torch.arange(n), n // 2)
+    return haystack[donor[:, None], start[:, None] + torch.arange(needle_len)].long()
 
 
 def ablation_effect(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], heads: Sequence[tuple[int, int]]) -> dict[str, float]:

@@ -26,7 +26,7 @@ from jsonargparse import ArgumentParser
 
 from clamp.interventions.engine import load_reference_state
 from clamp.metrics import heads
-from clamp.metrics.probes import needle_batch, top_vs_random_ablation
+from clamp.metrics.probes import needle_batch, text_span_needles, top_vs_random_ablation
 from models import Transformer, TransformerConfig
 from models.hf import HFModelConfig
 
@@ -45,12 +45,7 @@ def load_model(run: Path) -> torch.nn.Module:
 def make_needles(hay: torch.Tensor, needle_len: int, vocab: int, seed: int, source: str) -> dict[str, torch.Tensor]:
     """A needle batch on ``hay``; with ``source='text'`` each row's needle is a span of another row."""
     rng = np.random.default_rng(seed)
-    needles = None
-    if source == "text":
-        n, t = hay.shape
-        start = torch.from_numpy(rng.integers(0, t - needle_len, size=n))
-        donor = torch.roll(torch.arange(n), n // 2)  # another sequence, far away in the held-out set
-        needles = hay[donor[:, None], start[:, None] + torch.arange(needle_len)]
+    needles = text_span_needles(hay, needle_len, rng) if source == "text" else None
     return needle_batch(hay, needle_len, vocab, rng, needles=needles)
 
 
