@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from clamp.ensemble.members import MemberRouter, share_storage
+from clamp.interventions.engine import zero_missing_grads
 from clamp.training import TrainingModule, masked_loss_and_accuracy
 from models.ensemble import EnsembleTransformer
 from synthetic_data.base import model_inputs
@@ -235,9 +236,7 @@ class EnsembleTrainer:
             return
         for e in engines:
             e.graph_cut = False
-        for p in self.model.parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
+        zero_missing_grads(self.model.parameters())
 
     def _train_step(self, batches: list[dict[str, torch.Tensor]]) -> None:
         step = self.global_step

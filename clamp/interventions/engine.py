@@ -232,6 +232,13 @@ def _read_sites(model: nn.Module, args: tuple, kwargs: dict, names: set[str]) ->
     return cache
 
 
+def zero_missing_grads(params: Iterable[torch.nn.Parameter]) -> None:
+    """Give trainable parameters that got no gradient a zero one (what an uncut graph gives them)."""
+    for p in params:
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 class InterventionEngine:
     """Applies a list of interventions to a site model.
 
@@ -612,9 +619,7 @@ class InterventionEngine:
         if not self.graph_cut:
             return
         self.graph_cut = False
-        for p in params:
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
+        zero_missing_grads(params)
 
     @staticmethod
     def _read(b: Bound, cache: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
