@@ -66,6 +66,11 @@ class ClampCallback(Callback):
         # one stable key: the state inside is keyed per intervention, so editing the list does not orphan it
         return self.STATE_KEY
 
+    def monitored_metrics(self) -> set[str]:
+        """The metrics this callback reads (its ``until`` conditions): the callback that logs them keeps
+        them in ``trainer.callback_metrics`` (EmergenceCallback puts per-head scores there only on demand)."""
+        return {i.schedule.until.metric for i in self.interventions if i.schedule.until is not None}
+
     def config_summary(self) -> list[dict[str, Any]]:
         """Plain-data description of the interventions (for hparams / reports)."""
         return [asdict(i) for i in self.interventions]

@@ -18,8 +18,12 @@ Probes (no gradients, batched, on the module's device, global rank 0 only):
 
 Scalars go to every logger as ``<probe>/<metric>/L{l}H{h}`` and ``curves/...``; heatmaps are
 images ``heatmap/<probe>/<metric>``; a custom-scalar layout groups the heads of each metric in
-one chart. Every probe scalar also goes to ``trainer.callback_metrics`` (rank 0), so it can drive
-an ``until`` schedule, ``ModelCheckpoint(monitor=...)`` or ``EarlyStopping``. Curve history is
+one chart. The model-level probe scalars (``curves/*``, each metric's ``max`` and ``median``) also go
+to ``trainer.callback_metrics`` (rank 0), and so does any per-head scalar a callback reads (a
+``monitor`` of ``ModelCheckpoint`` or ``EarlyStopping``, an ``until`` schedule's metric: see
+:meth:`EmergenceCallback.exposed_metrics`), so each can drive those callbacks. Not every per-head scalar:
+Lightning deep-copies ``callback_metrics`` at each checkpoint, which cost ~20 ms a checkpoint for the
+~300 per-head scalars of the default model (every probe value is in ``history`` and TensorBoard). Curve history is
 checkpointed; at the end of fit, phase changes of the main curves and every per-head curve are
 detected and written to TensorBoard and ``summary.json`` (also written, marked incomplete, when
 fit stops on an exception or a signal). Active clamps (``ClampCallback``) apply to probes as they
@@ -52,7 +56,7 @@ from clamp.metrics import curves, heads
 from clamp.metrics.ablation import ablation_importance
 from clamp.metrics.phase import curve_scale, phase_change_of
 from clamp.metrics.probes import needle_batch, text_span_needles
-from clamp.metrics.tb import custom_scalar_layout, head_scalars, heatmap_image
+from clamp.metrics.tb import add_images, custom_scalar_layout, head_scalars, heatmap_image, log_scalars
 from clamp.preemption import stop_reason
 from clamp.run_files import write_summary
 from clamp.training import masked_loss_and_accuracy
@@ -63,6 +67,9 @@ HEAD_METRICS_FOR_PHASE = (
     "task/induction", "task/induction_strength", "task/query_to_match", "task/label_to_exemplar", "task/prev_token",
     "repeat/induction", "repeat/prev_token", "random/prev_token", "needle/retrieval",
 )
+
+
+_PER_HEAD = re.compile(r"/L\d+H\d+$")  # the tags of head_scalars
 
 
 def _random_tokens(rng: np.random.Generator, n: int, t: int, vocab: int) -> dict[str, torch.Tensor]:
@@ -283,15 +290,27 @@ class EmergenceCallback(Callback):
             if _finite(v):
                 self.history.setdefault(k, []).append((step, v))
         finite = {k: v for k, v in metrics.items() if _finite(v)}
-        for logger in trainer.loggers:
-            logger.log_metrics(finite, step=step)
-        # every probe scalar is usable like a self.log'd one (until schedules, monitors, early stopping)
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in finite.items()})
+        log_scalars(trainer.loggers, finite, step)
+        # usable like a self.log'd scalar (until schedules, monitors, early stopping)
+        exposed = self.exposed_metrics(trainer, finite)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in finite.items() if k in exposed})
         self._last_probe_step = step
         if not self._layout_written:  # metrics without any finite value (not defined for this task) get no category
             self._write_layout(trainer, [n for n in sorted(head_scores) if torch.isfinite(head_scores[n]).any()], pl_module)
         if self.heatmap_every_n_steps and step % self.heatmap_every_n_steps == 0:
             self._log_heatmaps(trainer, step)
+
+    @staticmethod
+    def exposed_metrics(trainer: L.Trainer, metrics: Mapping[str, float]) -> set[str]:
+        """The probe scalars that go to ``trainer.callback_metrics``: every model-level one, and the
+        per-head ones a callback reads (its ``monitor``, or its ``monitored_metrics()``)."""
+        wanted: set[str] = set()
+        for cb in trainer.callbacks:
+            if isinstance(getattr(cb, "monitor", None), str):
+                wanted.add(cb.monitor)
+            if callable(getattr(cb, "monitored_metrics", None)):
+                wanted |= set(cb.monitored_metrics())
+        return {k for k in metrics if k in wanted or not _PER_HEAD.search(k)}
 
     # ------------------------------------------------------------------ tensorboard
     def _tensorboards(self, trainer: L.Trainer) -> list[Any]:
@@ -320,13 +339,17 @@ class EmergenceCallback(Callback):
         if step == self._heatmap_step:
             return
         self._heatmap_step = step
-        for tb in self._tensorboards(trainer):
-            for name, s in self.last_heads.items():
-                if not np.isfinite(s).any():
-                    continue  # a metric this task does not define: no blank image
-                unit = curve_scale(f"{name}/L0H0") == 1.0  # fixed 0..1 colours: the standout head stands out
-                img = heatmap_image(s, f"{name} @ step {step}", vmin=0.0 if unit else None, vmax=1.0 if unit else None)
-                tb.add_image(f"heatmap/{name}", img, step, dataformats="HWC")
+        writers = self._tensorboards(trainer)
+        if not writers:
+            return
+        images = {}
+        for name, s in self.last_heads.items():
+            if not np.isfinite(s).any():
+                continue  # a metric this task does not define: no blank image
+            unit = curve_scale(f"{name}/L0H0") == 1.0  # fixed 0..1 colours: the standout head stands out
+            images[f"heatmap/{name}"] = heatmap_image(s, f"{name} @ step {step}", vmin=0.0 if unit else None, vmax=1.0 if unit else None)
+        for tb in writers:
+            add_images(tb, images, step)
 
     def _hp_metric_names(self, trainer: L.Trainer) -> list[str]:
         splits = getattr(trainer.datamodule, "eval_split_names", ()) if trainer.datamodule is not None else ()
@@ -508,17 +531,35 @@ class EmergenceCallback(Callback):
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
-        # tensors and plain lists only: Lightning loads checkpoints with torch.load(weights_only=True)
+        # tensors and plain lists only: Lightning loads checkpoints with torch.load(weights_only=True).
+        # Packed into a few tensors: ~400 curves as lists of tuples cost ~20 ms a checkpoint to pickle.
         self._flush_losses()
+        names = list(self.history)
+        points = [p for k in names for p in self.history[k]]
+        heads = list(self.last_heads)
         return {
-            "history": {k: [(int(s), float(v)) for s, v in h] for k, h in self.history.items()},
-            "last_heads": {k: torch.from_numpy(np.asarray(v)) for k, v in self.last_heads.items()},
+            "history": {
+                "names": names,
+                "lengths": torch.tensor([len(self.history[k]) for k in names], dtype=torch.long),
+                "steps": torch.tensor([int(s) for s, _ in points], dtype=torch.long),
+                "values": torch.tensor([float(v) for _, v in points], dtype=torch.float64),
+            },
+            "last_heads": {"names": heads, "scores": torch.from_numpy(np.stack([np.asarray(self.last_heads[k]) for k in heads])) if heads else torch.zeros(0)},
             "sequences_per_step": self.sequences_per_step,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = {k: [tuple(x) for x in v] for k, v in state_dict.get("history", {}).items()}
-        self.last_heads = {k: v.numpy() for k, v in state_dict.get("last_heads", {}).items()}
+        history, last = state_dict.get("history", {}), state_dict.get("last_heads", {})
+        if "lengths" in history:
+            ends = np.cumsum(history["lengths"].tolist()).tolist()
+            steps, values = history["steps"].tolist(), history["values"].tolist()
+            self.history = {k: list(zip(steps[e - n : e], values[e - n : e])) for k, n, e in zip(history["names"], history["lengths"].tolist(), ends)}
+        else:  # a checkpoint written before the packed format: {name: [(step, value), ...]}
+            self.history = {k: [tuple(x) for x in v] for k, v in history.items()}
+        if "scores" in last:
+            self.last_heads = {k: last["scores"][i].numpy() for i, k in enumerate(last["names"])}
+        else:
+            self.last_heads = {k: v.numpy() for k, v in last.items()}
         self.sequences_per_step = state_dict.get("sequences_per_step", self.sequences_per_step)
 
 

@@ -99,11 +99,6 @@ class PhaseChange:
         return asdict(self)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """Overflow-free logistic."""
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
 def _clean(steps: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Finite, step-sorted float arrays (NaNs/infs dropped pairwise)."""
     t = np.asarray(steps, dtype=float).ravel()
@@ -123,7 +118,12 @@ def _profile(
 
     For fixed (mid, tau) the model is linear in (before, jump): 2x2 normal equations.
     """
-    s = _sigmoid((t[None, :] - mids[:, None]) / taus[:, None])
+    s = t[None, :] - mids[:, None]  # the overflow-free logistic 0.5 (1 + tanh(z / 2)), in place
+    s /= taus[:, None]
+    s *= 0.5
+    np.tanh(s, out=s)
+    s += 1.0
+    s *= 0.5
     n = float(t.size)
     ss, sss, sy = s.sum(1), np.einsum("ij,ij->i", s, s), s @ y
     sumy, yy = y.sum(), y @ y
@@ -148,17 +148,21 @@ class _Problem:
         """Profiled RSS, +inf where constraints (plateau support, sign, tau bounds) fail."""
         t = self.t if t is None else t
         y = self.y if y is None else y
-        rss, _, jump = _profile(t, y, mids, taus)
         onset, end = mids - taus * LN9, mids + taus * LN9
         n_before = np.searchsorted(self.t, onset, side="left")
         n_after = self.t.size - np.searchsorted(self.t, end, side="right")
-        bad = (n_before < self.support) | (n_after < self.support)
-        bad |= (taus < self.tau_lo * 0.999) | (taus > self.tau_hi * 1.001)
+        ok = (n_before >= self.support) & (n_after >= self.support)
+        ok &= (taus >= self.tau_lo * 0.999) & (taus <= self.tau_hi * 1.001)
+        out = np.full(mids.shape, np.inf)
+        if not ok.any():
+            return out
+        rss, _, jump = _profile(t, y, mids[ok], taus[ok])  # only where the data constraints hold
         if self.direction == "rise":
-            bad |= jump <= 0
+            rss = np.where(jump > 0, rss, np.inf)
         elif self.direction == "drop":
-            bad |= jump >= 0
-        return np.where(bad, np.inf, rss)
+            rss = np.where(jump < 0, rss, np.inf)
+        out[ok] = rss
+        return out
 
     def pinned(self, mid: float, tau: float, tol: float = 1e-3) -> bool:
         """Whether a plateau constraint is active, i.e. the best fit wants the transition to
@@ -204,8 +208,9 @@ def _refine(prob: "_Problem", x0: np.ndarray, half: np.ndarray, levels: int = 9,
     """
     x, best = x0.copy(), float(prob.rss(np.array([x0[0]]), np.array([math.exp(x0[1])]))[0])
     offsets = np.linspace(-1.0, 1.0, k)
+    off_mid, off_tau = np.repeat(offsets, k), np.tile(offsets, k)  # the k x k grid, mid-major
     for _ in range(levels):
-        mg, lg = (a.ravel() for a in np.meshgrid(x[0] + half[0] * offsets, x[1] + half[1] * offsets, indexing="ij"))
+        mg, lg = x[0] + half[0] * off_mid, x[1] + half[1] * off_tau
         rss = prob.rss(mg, np.exp(lg))
         i = int(np.argmin(rss))
         if rss[i] < best:
@@ -247,6 +252,30 @@ def _fit(t: np.ndarray, y: np.ndarray, direction: Direction) -> tuple[float, flo
         return None
     rss_v, before, jump = _profile(t, y, np.array([mid]), np.array([tau]))
     return mid, tau, float(before[0]), float(jump[0]), float(rss_v[0])
+
+
+def _monotone_rss(y: np.ndarray, direction: Direction) -> float:
+    """Residual sum of squares of the best monotone fit (isotonic regression, pool-adjacent-violators)
+    in the allowed direction(s).
+
+    A fitted sigmoid is monotone in the step, so no sigmoid fits better than this: a window whose
+    best monotone fit already explains less than ``R2_MIN`` of its variance cannot hold a phase
+    change, and is rejected exactly, without the grid search (most windows of a curve with no
+    transition, e.g. a head that never specialises).
+    """
+    best = math.inf
+    for sign in ((1.0,) if direction == "rise" else (-1.0,) if direction == "drop" else (1.0, -1.0)):
+        sums: list[float] = []
+        counts: list[int] = []
+        for v in (sign * y).tolist():
+            s, c = v, 1
+            while sums and sums[-1] * c >= s * counts[-1]:  # previous block's mean >= this one's: pool
+                s, c = s + sums.pop(), c + counts.pop()
+            sums.append(s)
+            counts.append(c)
+        fitted = sum(s * s / c for s, c in zip(sums, counts))
+        best = min(best, float(y @ y) - fitted)
+    return max(best, 0.0)
 
 
 def _line_rss(t: np.ndarray, y: np.ndarray) -> float:
@@ -324,13 +353,15 @@ def _detect(t: np.ndarray, y: np.ndarray, direction: Direction, min_jump: float 
         return None
     t0, span = float(t[0]), float(t[-1] - t[0])
     tn, yn = (t - t0) / span, (y - y_mean) / y_std
+    tss = float(yn @ yn)
+    if 1.0 - _monotone_rss(yn, direction) / tss < R2_MIN - 1e-9:  # no sigmoid can pass the r2 test below
+        return None
 
     fit = _fit(tn, yn, direction)
     if fit is None:
         return None
     mid, tau, before, jump, rss = fit
     n = tn.size
-    tss = float(yn @ yn)
     resid_std = math.sqrt(rss / max(n - 4, 1))
     if min_jump is None:
         lo, hi = np.percentile(yn, [1, 99])

@@ -3,20 +3,22 @@
 * :func:`head_scalars` flattens a ``[n_layers, n_heads]`` score into scalar tags ``{name}/L{l}H{h}``;
 * :func:`custom_scalar_layout` groups those tags into multi-line charts for
   ``SummaryWriter.add_custom_scalars`` (one chart with every head, one chart per layer);
-* :func:`heatmap_image` renders the layer x head grid as an ``HWC uint8`` image for ``add_image``.
+* :func:`log_scalars` logs many scalars of one step to every logger (to TensorBoard as one event);
+* :func:`heatmap_image` renders the layer x head grid as an ``HWC uint8`` image, and
+  :func:`add_images` writes such images to TensorBoard.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["custom_scalar_layout", "head_scalars", "head_tag", "heatmap_image"]
+__all__ = ["add_images", "custom_scalar_layout", "head_scalars", "head_tag", "heatmap_image", "log_scalars"]
 
 
 def head_tag(name: str, layer: int, head: int) -> str:
@@ -62,6 +64,42 @@ def custom_scalar_layout(metric_names: Sequence[str], n_layers: int, n_heads: in
     return layout
 
 
+def log_scalars(loggers: Sequence[Any], metrics: Mapping[str, float], step: int) -> None:
+    """Log the scalars of one step to every logger: to a ``TensorBoardLogger`` as one event holding all
+    of them (a probe logs ~400 scalars, and an event per scalar cost ~0.1 ms each), to any other
+    logger through its ``log_metrics``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger) and not logger._prefix:
+            summary = Summary(value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()])
+            logger.experiment._get_file_writer().add_summary(summary, step)
+        else:
+            logger.log_metrics(dict(metrics), step=step)
+
+
+def add_images(writer: Any, images: Mapping[str, np.ndarray], step: int) -> None:
+    """Write ``{tag: [H, W, 3] uint8}`` to a ``SummaryWriter`` as one event of PNG images.
+
+    ``SummaryWriter.add_image`` resamples every image (Lanczos, even at scale 1) and compresses it at
+    PNG level 6: ~8 ms for a heatmap. Flat-coloured heatmaps compress as well at level 1, ~2 ms.
+    """
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    values = []
+    for tag, img in images.items():
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+        h, w, c = img.shape
+        values.append(Summary.Value(tag=tag, image=Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=buf.getvalue())))
+    if values:
+        writer._get_file_writer().add_summary(Summary(value=values), step)
+
+
 def heatmap_image(
     scores: torch.Tensor | np.ndarray,
     title: str,
@@ -73,8 +111,8 @@ def heatmap_image(
     Rows are layers, columns heads, cells coloured by viridis and annotated with their value (NaN:
     a grey cell reading "nan"), with a colour bar labelled with its limits; the limits default to the
     finite min/max. Drawn with Pillow straight into pixels (about a millisecond; a matplotlib figure
-    cost ~0.1 s, and a probe draws a dozen per round). Use
-    ``writer.add_image(tag, img, step, dataformats='HWC')``.
+    cost ~0.1 s, and a probe draws a dozen per round). Write it with :func:`add_images` (or
+    ``writer.add_image(tag, img, step, dataformats='HWC')``).
     """
     a = _as_2d(scores)
     finite = a[np.isfinite(a)]
