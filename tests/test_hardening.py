@@ -281,3 +281,41 @@ def test_accumulated_steps_probe_once(tmp_path: Path) -> None:
 def test_zero_heads_is_a_named_config_error_not_a_division_by_zero() -> None:
     with pytest.raises(ValueError, match="n_heads must be > 0, got 0"):
         TransformerConfig(n_heads=0).resolved(d_vocab=4, n_ctx=4)
+
+
+def test_callback_metrics_hold_model_level_scalars_and_the_per_head_ones_a_callback_reads(tmp_path: Path) -> None:
+    """Lightning deep-copies callback_metrics at every checkpoint, so per-head probe scalars go there
+    only when an `until` schedule or a `monitor` reads them; the model-level ones always do."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    dm = bursty_datamodule()
+    emerge = EmergenceCallback(every_n_steps=5, probe_size=8, causal=False, heatmap_every_n_steps=0)
+    clamp = ClampCallback([{"site": "layer0.head0.z", "op": {"kind": "zero"}, "name": "z",
+                            "schedule": {"until": {"metric": "task/prev_token/L0H1", "threshold": 2.0, "mode": "below"}}}])
+    stop = EarlyStopping(monitor="task/induction/L1H0", mode="max", patience=100, check_on_train_epoch_end=False)
+    run = trainer(tmp_path, 10, [clamp, emerge, stop], val_check_interval=5)
+    run.fit(tiny_module(dm), datamodule=dm)
+    metrics = run.callback_metrics
+    assert {"task/prev_token/L0H1", "task/induction/L1H0", "curves/task/loss", "task/induction/max", "task/prev_token/median"} <= set(metrics)
+    assert "task/prev_token/L0H0" not in metrics and "task/induction/L1H1" not in metrics
+    assert clamp.engine is not None and clamp.engine.released == {"z": 5}
+    assert len(emerge.history["task/prev_token/L0H0"]) == 3  # every scalar is still measured and kept
+
+
+def test_emergence_state_round_trips_and_reads_the_unpacked_format() -> None:
+    """The packed checkpoint state (a few tensors) loads to the same history, and a checkpoint written
+    before the packing (lists of (step, value)) still loads."""
+    emerge = EmergenceCallback()
+    emerge.history = {"train/loss": [(0, 3.5), (1, 3.25)], "task/induction/L1H0": [(0, 0.1)], "empty": []}
+    emerge.last_heads = {"task/induction": np.array([[0.1, np.nan], [0.3, 0.4]]), "task/prev_token": np.zeros((2, 2))}
+    emerge.sequences_per_step = 32
+    state = emerge.state_dict()
+    assert all(isinstance(v, torch.Tensor) for k, v in state["history"].items() if k != "names")
+    loaded = EmergenceCallback()
+    loaded.load_state_dict(pickle.loads(pickle.dumps(state)))
+    assert loaded.history == emerge.history and loaded.sequences_per_step == 32
+    assert all(np.array_equal(loaded.last_heads[k], v, equal_nan=True) for k, v in emerge.last_heads.items())
+    old = EmergenceCallback()
+    old.load_state_dict({"history": {k: [list(p) for p in h] for k, h in emerge.history.items()},
+                         "last_heads": {k: torch.from_numpy(v) for k, v in emerge.last_heads.items()}, "sequences_per_step": 32})
+    assert old.history == emerge.history and set(old.last_heads) == set(emerge.last_heads)

@@ -255,3 +255,46 @@ def test_emergence_summary_detects_phase_changes_on_icl_scores() -> None:
     cb.history = {"curves/task/icl_score": [(i, v) for i, v in enumerate([0.0] * 10 + [-1.0] * 10)], "curves/task/loss": [(0, 1.0)]}
     assert cb._phase_curves() == ["curves/task/icl_score"]
     assert cb.summarize()["phase_changes"]["curves/task/icl_score"]["direction"] == "drop"
+
+
+def test_monotone_bound_is_isotonic_regression_and_never_beats_a_sigmoid() -> None:
+    """The r2 pre-test is exact: the isotonic fit is the best monotone fit (checked against brute
+    force on a small curve) and no profiled sigmoid fits better."""
+    import itertools
+
+    import clamp.metrics.phase as phase
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=7)
+    brute = math.inf  # best non-decreasing fit, over every partition into contiguous blocks
+    for cuts in itertools.chain.from_iterable(itertools.combinations(range(1, 7), k) for k in range(7)):
+        blocks = np.split(y, cuts)
+        means = [b.mean() for b in blocks]
+        if all(a <= b for a, b in zip(means, means[1:])):
+            brute = min(brute, sum(float(((b - m) ** 2).sum()) for b, m in zip(blocks, means)))
+    assert phase._monotone_rss(y, "rise") == pytest.approx(brute)
+    assert phase._monotone_rss(y, "drop") == pytest.approx(phase._monotone_rss(-y, "rise"))
+    t = np.linspace(0, 1, 40)
+    for seed in range(5):
+        yy = np.random.default_rng(seed).normal(size=40) + np.where(t > 0.5, 1.0, 0.0)
+        mids, taus = np.repeat(np.linspace(0, 1, 30), 8), np.tile(np.geomspace(1e-3, 0.3, 8), 30)
+        rss, _, _ = phase._profile(t, yy, mids, taus)
+        assert phase._monotone_rss(yy, "auto") <= rss.min() + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_monotone_pruning_changes_no_result(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection with the pre-test equals detection without it (every window fitted), on curves with
+    and without a transition, where the windowed retries run."""
+    import clamp.metrics.phase as phase
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(0.0, 3100.0, 100.0)
+    curves = [
+        rng.normal(0.1, 0.02, t.size),  # a head that never specialises
+        logistic(t, 0.05, 0.6, 900.0, 80.0) - 0.0002 * np.maximum(t - 1500, 0) + rng.normal(0, 0.02, t.size),  # rise, then decay
+        logistic(t, 2.0, -1.5, 1200.0, 60.0) + 0.5 * np.exp(-t / 200) + rng.normal(0, 0.03, t.size),  # transient into a drop
+    ]
+    with_bound = [detect_phase_change(t, y, scale=1.0) for y in curves]
+    monkeypatch.setattr(phase, "_monotone_rss", lambda y, direction: 0.0)
+    assert [detect_phase_change(t, y, scale=1.0) for y in curves] == with_bound
