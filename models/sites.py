@@ -81,6 +81,14 @@ class Site(nn.Module):
         """True when any hook is attached (models use this to materialise lazy activations)."""
         return bool(self._hooks)
 
+    def overwrites(self, like: torch.Tensor) -> bool:
+        """True when the first hook replaces all of an activation shaped like ``like`` without reading
+        its values (e.g. a clamp to a reference model's pattern at full strength), so a model may skip
+        computing it and pass ``like`` uninitialised. A hook says so through its own ``overwrites(x, site)``."""
+        first = self._hooks[0] if self._hooks else None
+        check = getattr(first, "overwrites", None)
+        return bool(check is not None and check(like, self))
+
     def add_hook(self, fn: Hook) -> Callable[[], None]:
         """Attach ``fn``; returns a callable that removes exactly this hook."""
         self._hooks.append(fn)

@@ -159,7 +159,10 @@ class Attention(nn.Module):
             q = _apply_rotary(q, self.rot_cos, self.rot_sin)
             k = _apply_rotary(k, self.rot_cos, self.rot_sin)
         q, k, v = self.q(q), self.k(k), self.v(v)
-        if self.pattern.active or self.attn_scores.active:
+        blank = q.new_empty(b, h, t, t) if self.pattern.active and not self.attn_scores.active else None
+        if blank is not None and self.pattern.overwrites(blank):
+            z = self.pattern(blank) @ v  # the pattern is replaced whole without being read: no scores, no softmax
+        elif self.pattern.active or self.attn_scores.active:
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
             mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             scores = self.attn_scores(scores.masked_fill(~mask, float("-inf")))

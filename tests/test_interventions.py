@@ -381,6 +381,44 @@ def test_full_replacement_cuts_the_graph_with_the_same_values_and_gradients(iv: 
         assert torch.allclose(g0[n], g1[n], atol=ATOL), n
 
 
+@pytest.mark.parametrize(
+    ("iv", "skipped"),
+    [
+        ({"site": "layer0.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}, True),
+        ({"site": "layer0.pattern", "op": {"kind": "zero"}}, True),
+        ({"site": "layer0.head1.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}, False),  # one head of eight
+        ({"site": "layer0.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}, "schedule": {"strength": 0.5}}, False),
+        ({"site": "layer0.head*.pattern", "op": {"kind": "mean", "over": "batch"}}, False),  # its value reads x
+    ],
+    ids=["reference", "zero", "one-head", "half-strength", "mean"],
+)
+def test_a_pattern_replaced_whole_without_being_read_is_not_computed(iv: dict, skipped: bool) -> None:
+    """The model skips the scores and softmax of a pattern that the first hook replaces whole with a
+    value that ignores it (the values and gradients are those of the computed path: the test above)."""
+    from torch.profiler import profile
+
+    m = make_model(0)
+    engine = InterventionEngine(m, [iv], seed=0)
+    engine.load_references()
+    engine.mode = "train"
+    engine.update(0)
+    site = m.site("layer0.pattern")
+    assert site.overwrites(torch.empty(TOK.shape[0], m.n_heads, TOK.shape[1], TOK.shape[1])) is skipped
+    with profile() as prof:
+        m(TOK).sum().backward()
+    softmaxes = sum(e.count for e in prof.key_averages() if e.key == "aten::_softmax")
+    from_reference = iv["op"]["kind"] == "clamp_to_reference"  # the reference model computes its own pattern
+    assert softmaxes == int(from_reference) + (0 if skipped else 1)  # layer 1 runs the fused kernel either way
+    engine.detach()
+    reader = m.site("layer0.pattern").add_hook(lambda x, s: None)  # a reader before the clamp sees the real pattern
+    engine = InterventionEngine(m, [iv], seed=0)
+    engine.load_references()
+    engine.update(0)
+    assert not site.overwrites(torch.empty(TOK.shape[0], m.n_heads, TOK.shape[1], TOK.shape[1]))
+    reader()
+    engine.detach()
+
+
 def test_partial_or_ramped_replacement_keeps_the_graph(model: Transformer) -> None:
     for iv in (
         {"site": "layer0.head1.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}},

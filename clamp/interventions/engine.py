@@ -605,6 +605,17 @@ class InterventionEngine:
                 self._record[site.name] = x
             return x
 
+        def overwrites(x: torch.Tensor, site: Site) -> bool:
+            """Whether the first intervention replaces all of ``x`` this step without reading it (the
+            condition under which ``hook`` takes an op's ``full`` path, for an op whose value ignores x)."""
+            if self._busy or not entries:
+                return False
+            b, head = entries[0]
+            if b.op.reads_x or not b.op.replaces or self.alphas[b.spec.label] != 1 or not self._may_cut_graph():
+                return False
+            return self._mask(site, head, b.spec, x)[1]
+
+        hook.overwrites = overwrites  # type: ignore[attr-defined]
         return hook
 
     @staticmethod

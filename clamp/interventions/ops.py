@@ -88,6 +88,7 @@ class Op:
 
     kind: ClassVar[str]
     replaces: ClassVar[bool] = True  # replacing ops on overlapping selections conflict
+    reads_x: ClassVar[bool] = True  # False: the value uses x's shape only (a model may skip computing x)
     source: ClassVar[str | None] = None  # "reference" or "pass" when the op reads another forward
     # whether `grad: true` means something: "value" (the value can depend on parameters), "constant"
     # (it cannot: zero, constant, a frozen reference) or "x" (the op keeps x's own gradient: scale, noise, ...)
@@ -164,6 +165,7 @@ class Zero(Op):
 
     kind: ClassVar[str] = "zero"
     grad_kind: ClassVar[str] = "constant"
+    reads_x: ClassVar[bool] = False
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         return torch.zeros_like(x) if ctx.full else x * (1 - m)
@@ -334,6 +336,7 @@ class Constant(Op):
 
     kind: ClassVar[str] = "constant"
     grad_kind: ClassVar[str] = "constant"
+    reads_x: ClassVar[bool] = False
     value: float | list | str | torch.Tensor = field(kw_only=True)  # required (no silent zero-ablation); str: a file path
     _tensor: torch.Tensor | None = field(default=None, repr=False)
 
@@ -466,6 +469,7 @@ class ClampToReference(Op):
     kind: ClassVar[str] = "clamp_to_reference"
     source: ClassVar[str | None] = "reference"
     grad_kind: ClassVar[str] = "constant"
+    reads_x: ClassVar[bool] = False
     reference: str = "init"
 
     def validate(self) -> None:
@@ -490,6 +494,7 @@ class Patch(Op):
 
     kind: ClassVar[str] = "patch"
     source: ClassVar[str | None] = "pass"
+    reads_x: ClassVar[bool] = False
     transform: str = "resample_batch"  # an import path is code: it runs with your permissions
     interventions: list[Any] = field(default_factory=list)
 
