@@ -291,7 +291,13 @@ class Transformer(SiteModelMixin, nn.Module):
         x = self.embed(x)
         if self.W_pos is not None:
             x = x + self.pos_embed(self.W_pos.weight[:t].expand(b, t, -1))
-        for block in self.blocks:
+        return self.forward_from(0, x)
+
+    def forward_from(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """The logits from ``layer``'s input residual stream (``layer{layer}.resid_pre``) on: analyses
+        that vary only that layer and later ones (e.g. ablating its heads) run the earlier layers once."""
+        x = resid
+        for block in self.blocks[layer:]:
             x = block(x)
         x = self.final_resid(self.ln_final(x))
         return self.logits(self.unembed(x))

@@ -13,6 +13,7 @@ from clamp.cli import main
 from clamp.ensemble.runner import plan_ensembles, train_ensemble
 from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member
 from clamp.interventions.callback import ClampCallback
+from clamp.metrics.callback import EmergenceCallback
 from clamp.sweep import load_sweep
 from clamp.training import masked_loss_and_accuracy
 from models import Transformer, TransformerConfig
@@ -105,7 +106,7 @@ def test_ensemble_sweep_equals_separate_runs(tmp_path: Path) -> None:
             a_dir, b_dir = (tmp_path / root / "ens" / cond / f"seed{seed}" for root in ("separate", "ensemble"))
             a = torch.load(a_dir / "checkpoints" / "last.ckpt", weights_only=False)
             b = torch.load(b_dir / "checkpoints" / "last.ckpt", weights_only=False)
-            ha, hb = a["callbacks"]["EmergenceCallback"]["history"], b["callbacks"]["EmergenceCallback"]["history"]
+            ha, hb = (EmergenceCallback.unpack_history(c["callbacks"]["EmergenceCallback"]) for c in (a, b))
             assert sorted(ha) == sorted(hb)
             for tag in ("train/loss", "val/ic/loss", "val/iw/acc", "curves/task/loss", "task/induction/L1H0"):
                 steps_a, values_a = zip(*ha[tag])
@@ -121,7 +122,7 @@ def test_ensemble_sweep_equals_separate_runs(tmp_path: Path) -> None:
     # the clamp was on in the member that asked for it, and only there: its curves differ from the unclamped seed's
     none = torch.load(tmp_path / "ensemble" / "ens" / "none" / "seed0" / "checkpoints" / "last.ckpt", weights_only=False)
     clamped = torch.load(tmp_path / "ensemble" / "ens" / "clamped" / "seed0" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert none["callbacks"]["EmergenceCallback"]["history"]["train/loss"] != clamped["callbacks"]["EmergenceCallback"]["history"]["train/loss"]
+    assert EmergenceCallback.unpack_history(none["callbacks"]["EmergenceCallback"])["train/loss"] != EmergenceCallback.unpack_history(clamped["callbacks"]["EmergenceCallback"])["train/loss"]
 
 
 def test_runs_group_by_everything_but_seed_and_clamps(tmp_path: Path) -> None:

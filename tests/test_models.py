@@ -180,3 +180,13 @@ def test_lecun_init_and_separate_attention_biases() -> None:
     assert abs(float(d.blocks[0].attn.qkv.weight.detach().std()) - 0.02) < 0.001 and d.blocks[0].attn.qkv.bias is not None
     with pytest.raises(ValueError, match="init='xavier'; valid: 'normal', 'lecun'"):
         TransformerConfig(init="xavier").resolved(d_vocab=4, n_ctx=4)
+
+
+@torch.no_grad()
+def test_forward_from_a_layer_continues_the_forward(tiny_model: Transformer) -> None:
+    """``forward_from(l, resid)`` on the residual stream entering layer l gives the full forward's logits."""
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (3, tiny_model.cfg.n_ctx))
+    logits, cache = tiny_model.run_with_cache(tokens, names=["layer*.resid_pre"])
+    for layer in range(tiny_model.n_layers):
+        torch.testing.assert_close(tiny_model.forward_from(layer, cache[f"layer{layer}.resid_pre"]), logits, rtol=0, atol=1e-6)
+    assert not torch.allclose(tiny_model.forward_from(1, cache["layer0.resid_pre"]), logits)  # a layer skipped changes them

@@ -71,23 +71,41 @@ def _one_head_at_a_time(model: nn.Module, batch: Mapping[str, torch.Tensor], kin
 def _batched(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: list[str], per_chunk: int) -> dict[str, torch.Tensor]:
     """Each forward holds a clean copy of the batch and up to ``per_chunk - 1`` ablated ones: the clean
     copy is the baseline (the same forward, so a head whose ablation changes nothing scores 0, not
-    round-off) and gives the batch mean that ``mean`` writes."""
+    round-off) and gives the batch mean that ``mean`` writes.
+
+    A model with ``forward_from(layer, resid)`` (the project's transformer) gets one layer's ablations
+    per forward, started at that layer from the clean residual stream: the layers before it run once,
+    not once per copy (a quarter less work for two layers, about half for deep models)."""
     n_layers, n_heads = model.n_layers, model.n_heads
     batch = dict(batch)
     inputs = model_inputs(batch)
     n = int(inputs[0].shape[0])
-    ablations = [(kind, l, h) for kind in kinds for l in range(n_layers) for h in range(n_heads)]
-    scores: list[torch.Tensor] = []
-    for start in range(0, len(ablations), per_chunk - 1):
-        chunk = [("clean", -1, -1), *ablations[start : start + per_chunk - 1]]
-        layers = sorted({l for _, l, _ in chunk if l >= 0})
-        repeated = tuple(None if t is None else t.repeat(len(chunk), *(1,) * (t.dim() - 1)) for t in inputs)
-        with model.hooks([(f"layer{l}.z", _ablate(chunk, l, n)) for l in layers]):
-            logits = model(*repeated)
-        losses = torch.stack([masked_loss_and_accuracy(logits[i * n : (i + 1) * n], batch)[0] for i in range(len(chunk))])
-        scores.append(losses[1:] - losses[0])
-    out = torch.cat(scores).float().cpu().view(len(kinds), n_layers, n_heads)
-    return {kind: out[i] for i, kind in enumerate(kinds)}
+    ablations = [(kind, l, h) for l in range(n_layers) for kind in kinds for h in range(n_heads)]
+    start_at = getattr(model, "forward_from", None)
+    groups = [[a for a in ablations if a[1] == l] for l in range(n_layers)] if start_at else [ablations]
+    resid = _layer_inputs(model, inputs) if start_at else None
+    scores: dict[tuple[str, int, int], torch.Tensor] = {}
+    for group in groups:
+        for start in range(0, len(group), per_chunk - 1):
+            chunk = [("clean", -1, -1), *group[start : start + per_chunk - 1]]
+            layers = sorted({l for _, l, _ in chunk if l >= 0})
+            with model.hooks([(f"layer{l}.z", _ablate(chunk, l, n)) for l in layers]):
+                if resid is not None:
+                    logits = start_at(layers[0], resid[layers[0]].repeat(len(chunk), 1, 1))
+                else:
+                    logits = model(*(None if t is None else t.repeat(len(chunk), *(1,) * (t.dim() - 1)) for t in inputs))
+            losses = torch.stack([masked_loss_and_accuracy(logits[i * n : (i + 1) * n], batch)[0] for i in range(len(chunk))])
+            scores.update(zip(chunk[1:], losses[1:] - losses[0]))
+    return {kind: torch.stack([scores[(kind, l, h)] for l in range(n_layers) for h in range(n_heads)]).float().cpu().view(n_layers, n_heads) for kind in kinds}
+
+
+def _layer_inputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    """The clean residual stream entering each layer (``layer{l}.resid_pre``), from one forward."""
+    cache: dict[str, torch.Tensor] = {}
+    names = [f"layer{l}.resid_pre" for l in range(model.n_layers)]
+    with model.hooks([(name, lambda x, site: cache.__setitem__(site.name, x)) for name in names]):
+        model(*inputs)
+    return [cache[name] for name in names]
 
 
 def _ablate(chunk: list[tuple[str, int, int]], layer: int, n: int):

@@ -548,14 +548,21 @@ class EmergenceCallback(Callback):
             "sequences_per_step": self.sequences_per_step,
         }
 
+    @staticmethod
+    def unpack_history(state_dict: Mapping[str, Any]) -> dict[str, list[tuple[int, float]]]:
+        """``{tag: [(step, value), ...]}`` from this callback's checkpointed state
+        (``ckpt["callbacks"]["EmergenceCallback"]``), packed or in the older list form."""
+        history = state_dict.get("history", {})
+        if "lengths" not in history:  # a checkpoint written before the packed format
+            return {k: [tuple(x) for x in v] for k, v in history.items()}
+        lengths = history["lengths"].tolist()
+        ends = np.cumsum(lengths).tolist()
+        steps, values = history["steps"].tolist(), history["values"].tolist()
+        return {k: list(zip(steps[e - n : e], values[e - n : e])) for k, n, e in zip(history["names"], lengths, ends)}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        history, last = state_dict.get("history", {}), state_dict.get("last_heads", {})
-        if "lengths" in history:
-            ends = np.cumsum(history["lengths"].tolist()).tolist()
-            steps, values = history["steps"].tolist(), history["values"].tolist()
-            self.history = {k: list(zip(steps[e - n : e], values[e - n : e])) for k, n, e in zip(history["names"], history["lengths"].tolist(), ends)}
-        else:  # a checkpoint written before the packed format: {name: [(step, value), ...]}
-            self.history = {k: [tuple(x) for x in v] for k, v in history.items()}
+        last = state_dict.get("last_heads", {})
+        self.history = self.unpack_history(state_dict)
         if "scores" in last:
             self.last_heads = {k: last["scores"][i].numpy() for i, k in enumerate(last["names"])}
         else:

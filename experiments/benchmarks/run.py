@@ -10,7 +10,8 @@ fastest that way, and ratios from different runs of a shared machine are not com
    the same head ablation through TransformerLens hooks and through pyvene (optional
    dependencies: ``pip install transformer_lens pyvene``), all on token inputs of the default shape;
 3. ``clamp sweep --ensemble``'s loop: an ensemble of N seeds against N sequential ``clamp fit`` runs;
-4. peak memory (max RSS of a fresh process) of training with and without a reference model.
+4. peak memory of training (resident set of a fresh process, peak counter reset after set-up) with
+   and without a reference model.
 
     python experiments/benchmarks/run.py                 # writes experiments/benchmarks/RESULTS.md
     python experiments/benchmarks/run.py --quick true    # a smoke run (a few steps of everything)
@@ -302,7 +303,8 @@ def memory_child(reference: bool, steps: int, large: bool = False) -> None:
     ivs = [{"site": "layer*.head*.pattern", "op": {"kind": "clamp_to_reference", "reference": "init"}}] if reference else []
     engine = InterventionEngine(model, ivs, seed=0)
     engine.load_references()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _proc_status_mib("VmRSS")
+    reset = _reset_peak_rss()  # imports peak above training: measure the peak of training alone
     for step in range(steps):
         engine.update(step)
         b = task.sample(batch_rng(0, 0, step), cfg["data"]["batch_size"], "train")
@@ -310,8 +312,26 @@ def memory_child(reference: bool, steps: int, large: bool = False) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mib": peak, "before_training_mib": before}))
+    peak = _proc_status_mib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mib": peak, "before_training_mib": before, "peak_reset": reset}))
+
+
+def _proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (``VmRSS``: resident now, ``VmHWM``: its peak), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux: ``5`` to /proc/self/clear_refs);
+    False where that is not possible (then the peak includes the imports)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def memory(steps: int) -> dict[str, dict[str, float]]:
@@ -496,13 +516,17 @@ def report(res: dict[str, Any], steps: int, ens_steps: int, load0: tuple, load1:
         ]
     lines += [
         "",
-        "## 4. Peak memory (max RSS of a fresh process; every pattern clamped to a reference model vs no clamp)",
+        "## 4. Peak memory (resident set of a fresh process; every pattern clamped to a reference model vs no clamp)",
         "",
         f"The large model: n_context {LARGE['n_context']} (65 tokens), d_model {LARGE['d_model']}, batch {LARGE['batch_size']}. "
-        "The resident set before training holds the imported libraries and the model; training adds activations, gradients, "
-        "optimizer state and, with a reference, its weights and cached activations.",
+        "Before training, the process holds the imported libraries, the model and, with a reference, the reference's copy "
+        "of the weights. "
+        + ("The peak is that of training alone (the kernel's peak-RSS counter is reset once set-up is done), so what training "
+           "adds is activations, gradients, optimizer state and the reference's cached activations."
+           if all(v.get("peak_reset") for v in mem.values()) else
+           "This machine could not reset the peak-RSS counter, so the peak includes the imports' transient peak."),
         "",
-        "| | peak MiB | before training MiB | added by training MiB |",
+        "| | peak in training MiB | before training MiB | added by training MiB |",
         "|---|---|---|---|",
     ]
     lines += [f"| {k} | {v['peak_mib']:.0f} | {v['before_training_mib']:.0f} | {v['peak_mib'] - v['before_training_mib']:.0f} |" for k, v in mem.items()]
