@@ -17,6 +17,10 @@ by least squares, with numpy only (no scipy):
    solved in closed form (variable projection), so one grid point costs one pass over the data.
 4. Refine (mid, log tau) by zooming a small grid in on the best point (same profiled residual).
 
+Before step 2, a curve (or window) whose best *monotone* fit (isotonic regression) explains less
+than ``r2 >= 0.8`` of its variance is rejected without fitting: a sigmoid is monotone, so it cannot
+pass the ``r2`` test below either (exact, and most windows of a curve without a transition end there).
+
 ``onset``/``end`` are where the fitted sigmoid crosses 10 % / 90 % of the jump
 (``mid -/+ tau * ln 9``); ``midpoint`` is ``mid``; ``width = end - onset``.
 
