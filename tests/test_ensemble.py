@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from clamp.cli import main
-from clamp.ensemble.runner import plan_ensembles, train_ensemble
+from clamp.ensemble.runner import _build_member, plan_ensembles, train_ensemble
 from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member
 from clamp.interventions.callback import ClampCallback
 from clamp.metrics.callback import EmergenceCallback
@@ -97,6 +97,11 @@ def _sweep(tmp_path: Path, **extra) -> Path:
     return path
 
 
+def _history(ckpt: dict) -> dict[str, list[tuple[int, float]]]:
+    """EmergenceCallback's curves as saved in a checkpoint (decoded by the callback itself)."""
+    return EmergenceCallback.unpack_history(ckpt["callbacks"]["EmergenceCallback"])
+
+
 def test_ensemble_sweep_equals_separate_runs(tmp_path: Path) -> None:
     path = _sweep(tmp_path)
     main(["sweep", str(path), "--save_dir", str(tmp_path / "separate")])
@@ -126,24 +131,24 @@ def test_ensemble_sweep_equals_separate_runs(tmp_path: Path) -> None:
 
 
 def test_runs_group_by_everything_but_seed_and_clamps(tmp_path: Path) -> None:
-    runs = load_sweep(_sweep(tmp_path))
+    runs = load_sweep(_sweep(tmp_path), str(tmp_path / "runs"))
     assert [len(g) for g in plan_ensembles(runs, 3)] == [3, 1]
     spec = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
     spec["grid"]["lr"] = {"a": {}, "b": {"model.optimizer.lr": 0.01}}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    groups = plan_ensembles(load_sweep(tmp_path / "sweep.yaml"), 8)
+    groups = plan_ensembles(load_sweep(tmp_path / "sweep.yaml", str(tmp_path / "runs")), 8)
     assert sorted(len(g) for g in groups) == [4, 4]  # different learning rates never share an ensemble
 
 
 def test_unsupported_settings_are_rejected_by_name(tmp_path: Path) -> None:
     path = _sweep(tmp_path, **{"trainer.callbacks+": [{"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/ic/loss"}}]})
-    runs = load_sweep(path)
+    runs = load_sweep(path, str(tmp_path / "runs"))
     for run in runs:
         run.write_config()
     with pytest.raises(EnsembleError, match=r"callbacks \['EarlyStopping'\] cannot run in an ensemble; supported: .*ClampCallback"):
         train_ensemble(runs[:2])
     path = _sweep(tmp_path, **{"trainer.accumulate_grad_batches": 2})
-    runs = load_sweep(path)
+    runs = load_sweep(path, str(tmp_path / "runs"))
     for run in runs:
         run.write_config()
     with pytest.raises(EnsembleError, match="accumulate_grad_batches=2"):
@@ -185,3 +190,161 @@ def test_validation_slices_a_batch_across_members_unless_a_clamp_acts(tmp_path: 
                     sums += torch.stack([loss * n, acc * n, n.float()])
             torch.testing.assert_close(trainer.callback_metrics[f"val/{split}/loss"], sums[0] / sums[2], atol=2e-6, rtol=1e-5)
             torch.testing.assert_close(trainer.callback_metrics[f"val/{split}/acc"], sums[1] / sums[2], atol=2e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- resuming
+UNTIL = {  # released at the first validation (step 6) and fading out over steps 6-9: spans the interruption
+    "site": "layer1.resid_post", "op": {"kind": "scale", "k": 0.5}, "name": "until_clamp",
+    "schedule": {"until": {"metric": "val/ic/loss", "threshold": 100.0, "mode": "below", "ramp_out": 4}},
+}
+RESUMABLE = {"grid": {"clamp": {"none": {}, "clamped": {"trainer.callbacks+": [{"class_path": "clamp.ClampCallback", "init_args": {"interventions": [*CLAMPS, UNTIL]}}]}}}}
+
+
+def _resumable_sweep(tmp_path: Path) -> Path:
+    path = _sweep(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec.update(RESUMABLE)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _crash_at(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, step_of, crash_step: int | None) -> list[int]:
+    """Make ``cls.method`` raise when the step is ``crash_step`` (None: never); returns the steps it ran."""
+    original = getattr(cls, method)
+    ran: list[int] = []
+
+    def wrapped(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        step = step_of(self)
+        if step == crash_step:
+            raise RuntimeError(f"simulated crash at step {step}")
+        ran.append(step)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, wrapped)
+    return ran
+
+
+def _scalars(run_dir: Path) -> dict[tuple[str, int], float]:
+    """The run's logged train/val curves as the reports read them (the latest write per tag and step)."""
+    from clamp.report import read_scalars
+
+    df = read_scalars(run_dir)
+    df = df[df["tag"].str.startswith(("train/loss", "val/"))]
+    return {(t, int(s)): float(v) for t, s, v in zip(df["tag"], df["step"], df["value"])}
+
+
+RUNS = [(cond, seed) for cond in ("none", "clamped") for seed in (0, 1)]
+
+
+def test_interrupted_ensemble_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ensembles of 2 crash at step 8 (after the step-6 checkpoint, with steps 7-8 already logged);
+    re-running the sweep resumes them at step 6 instead of restarting, and every member ends exactly
+    (bitwise) where an uninterrupted ensemble does: weights, optimizer, clamp state (a released `until`
+    clamp fading out across the resume), emergence history without repeated steps, and event curves.
+    Exact, because a resumed member computes the same batched ops on the same data and state."""
+    path = _resumable_sweep(tmp_path)
+    main(["sweep", str(path), "--save_dir", str(tmp_path / "whole"), "--ensemble", "2"])
+    with monkeypatch.context() as mp:
+        _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, 8)
+        with pytest.raises(SystemExit):  # both ensembles failed
+            main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "2"])
+    for cond, seed in RUNS:
+        run_dir = tmp_path / "resumed" / "ens" / cond / f"seed{seed}"
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+        assert not json.loads((run_dir / "condition.json").read_text())["finished"]
+    with monkeypatch.context() as mp:
+        ran = _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, None)
+        main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "2"])
+    assert sorted(ran) == sorted(list(range(6, 12)) * 2)  # two ensembles, each resumed at step 6: nothing redone from 0
+    for cond, seed in RUNS:
+        a_dir, b_dir = (tmp_path / root / "ens" / cond / f"seed{seed}" for root in ("whole", "resumed"))
+        a = torch.load(a_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        b = torch.load(b_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        assert b["global_step"] == 12 and json.loads((b_dir / "condition.json").read_text())["finished"]
+        for k, v in a["state_dict"].items():
+            assert torch.equal(b["state_dict"][k], v), k
+        for i, st in a["optimizer_states"][0]["state"].items():
+            for key, v in st.items():
+                assert torch.equal(b["optimizer_states"][0]["state"][i][key], v), (i, key)
+        assert b["lr_schedulers"] == a["lr_schedulers"]
+        ha, hb = _history(a), _history(b)
+        assert ha == hb
+        for tag, points in hb.items():
+            steps = [s for s, _ in points]
+            assert steps == sorted(set(steps)), f"{tag}: repeated or unordered steps {steps}"
+        assert [s for s, _ in hb["train/loss"]] == list(range(1, 13)) and [s for s, _ in hb["val/ic/loss"]] == [6, 12]
+        if cond == "clamped":
+            ca, cb = a["callbacks"]["ClampCallback"], b["callbacks"]["ClampCallback"]
+            assert cb["engine"]["released"] == ca["engine"]["released"] == {"until_clamp": 6}
+            assert cb["engine"]["running_mean"].keys() == ca["engine"]["running_mean"].keys()
+        assert len(list(b_dir.glob("events.out.tfevents.*"))) == 2  # the first attempt's events are kept, not deleted
+        assert _scalars(b_dir) == _scalars(a_dir)
+
+
+def test_ensemble_resumes_a_separate_runs_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Separate `clamp fit` runs that crashed after their step-6 checkpoint continue as ensemble
+    members from that checkpoint; they end where uninterrupted separate runs do, within the float
+    tolerance that holds between a separate run and an ensemble member."""
+    from clamp.training import TrainingModule
+
+    path = _resumable_sweep(tmp_path)
+    main(["sweep", str(path), "--save_dir", str(tmp_path / "separate")])
+    with monkeypatch.context() as mp:
+        _crash_at(mp, TrainingModule, "training_step", lambda module: module.trainer.global_step, 8)
+        with pytest.raises(SystemExit):
+            main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed")])
+    with monkeypatch.context() as mp:
+        ran = _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, None)
+        main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "4"])
+    assert sorted(ran) == list(range(6, 12))  # one ensemble of all four, resumed at step 6
+    for cond, seed in RUNS:
+        a = torch.load(tmp_path / "separate" / "ens" / cond / f"seed{seed}" / "checkpoints" / "last.ckpt", weights_only=False)
+        b = torch.load(tmp_path / "resumed" / "ens" / cond / f"seed{seed}" / "checkpoints" / "last.ckpt", weights_only=False)
+        ha, hb = _history(a), _history(b)
+        assert sorted(ha) == sorted(hb)
+        for tag in ("train/loss", "val/ic/loss", "val/iw/acc", "curves/task/loss"):
+            assert [s for s, _ in hb[tag]] == [s for s, _ in ha[tag]], tag
+            torch.testing.assert_close(torch.tensor([v for _, v in hb[tag]]), torch.tensor([v for _, v in ha[tag]]), atol=2e-5, rtol=1e-5, msg=tag)
+        for k, v in a["state_dict"].items():
+            torch.testing.assert_close(b["state_dict"][k], v, atol=2e-5, rtol=1e-4)
+        if cond == "clamped":
+            assert b["callbacks"]["ClampCallback"]["engine"]["released"] == {"until_clamp": 6}
+
+
+def _fake_checkpoint(run, step: int, **extra) -> None:  # noqa: ANN001 (a sweep Run)
+    run.last_ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "state_dict": {}, "optimizer_states": [], "lr_schedulers": [], **extra}, run.last_ckpt)
+
+
+def test_runs_resuming_at_different_steps_never_share_an_ensemble(tmp_path: Path) -> None:
+    runs = load_sweep(_sweep(tmp_path), str(tmp_path / "runs"))
+    for run in runs:
+        run.write_config()
+    _fake_checkpoint(runs[1], 6)
+    _fake_checkpoint(runs[2], 6)
+    groups = plan_ensembles(runs, 4)
+    assert [[r.dir.name for r in g] for g in groups] == [["seed0", "seed1"], ["seed1", "seed0"]]  # step 0: runs 0, 3; step 6: runs 1, 2
+    assert [groups[0][0], groups[0][1], groups[1][0], groups[1][1]] == [runs[0], runs[3], runs[1], runs[2]]
+    with pytest.raises(EnsembleError, match=r"start from different steps .*seed0': 0.*seed1': 6"):
+        train_ensemble(runs[:2])
+    assert runs[1].last_ckpt.exists()  # refused before anything was deleted
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_an_error_naming_the_run(tmp_path: Path) -> None:
+    runs = load_sweep(_sweep(tmp_path), str(tmp_path / "runs"))
+    for run in runs:
+        run.write_config()
+    runs[0].last_ckpt.parent.mkdir(parents=True)
+    runs[0].last_ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(EnsembleError, match=rf"run {runs[0].dir}: cannot read checkpoint .*last.ckpt .*delete it to restart"):
+        train_ensemble(runs[:1])
+    assert [len(g) for g in plan_ensembles(runs, 4)] == [1, 3]  # alone: its failure is its own
+    _fake_checkpoint(runs[0], 6)
+    with pytest.raises(EnsembleError, match=rf"run {runs[0].dir}: the weights in checkpoint .* do not fit the model: .*Missing key"):
+        train_ensemble(runs[:1])
+    hparams = dict(_build_member(runs[0])[0].module.hparams)
+    hparams["optimizer"] = {**hparams["optimizer"], "lr": 0.5}
+    _fake_checkpoint(runs[0], 6, hyper_parameters=hparams)
+    with pytest.raises(EnsembleError, match=rf"run {runs[0].dir}: checkpoint .* was written with a different config \(optimizer.lr: 0.5 -> 0.001\)"):
+        train_ensemble(runs[:1])
+    assert runs[0].last_ckpt.exists()

@@ -5,6 +5,15 @@ Runs may share an ensemble when their configs differ only in the seed and the in
 callbacks) must be equal. Each member is built exactly as ``clamp fit --config <run>/run.yaml``
 builds it (the same parser, seed, initialisation, data module and callbacks), so a member's run
 folder matches the separate run's, and its curves do within floating-point tolerance.
+
+Resuming: an unfinished run with ``checkpoints/last.ckpt`` (written by an ensemble or by
+``clamp fit``) continues from it, as ``clamp sweep`` resumes an ordinary run; its event files are
+kept and appended to (readers take the latest write per tag and step). Members of one ensemble
+step in lockstep, so runs are grouped by the step they start from as well: runs resuming from
+different steps train in different ensembles, each from its own checkpoint, so no run repeats or
+skips a step. A run without a checkpoint starts at step 0 (its stale event files, from an attempt
+that never checkpointed, are dropped); a checkpoint that cannot be resumed is an error naming the
+run, never a silent restart.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Mo
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 
-from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member
+from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member, read_checkpoint
 from clamp.interventions.callback import ClampCallback
 from clamp.metrics.callback import EmergenceCallback
 from clamp.sweep import ConditionRecord, Run, load_sweep
@@ -44,11 +53,24 @@ def ensemble_key(config: dict[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
+def resume_step(run: Run) -> int:
+    """The step ``run`` starts from: its checkpoint's if it is unfinished and has one, else 0."""
+    if run.status() != "resume":
+        return 0
+    return int(read_checkpoint(run.last_ckpt, run.dir, mmap=True)["global_step"])
+
+
 def plan_ensembles(runs: Sequence[Run], size: int) -> list[list[Run]]:
-    """Runs grouped by :func:`ensemble_key`, in sweep order, in chunks of at most ``size``."""
-    groups: dict[str, list[Run]] = {}
+    """Runs grouped by :func:`ensemble_key` and start step (:func:`resume_step`), in sweep order, in
+    chunks of at most ``size``. A run whose checkpoint cannot be read forms a group of its own, whose
+    training then fails with the reason."""
+    groups: dict[tuple[str, object], list[Run]] = {}
     for run in runs:
-        groups.setdefault(ensemble_key(run.config), []).append(run)
+        try:
+            start: object = resume_step(run)
+        except EnsembleError:
+            start = ("unreadable", str(run.dir))
+        groups.setdefault((ensemble_key(run.config), start), []).append(run)
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
@@ -104,16 +126,26 @@ def _settings(trainer: Any) -> LoopSettings:
 
 
 def _clear_partial(run: Run) -> None:
-    """An unfinished run restarts from step 0 in an ensemble: drop its stale event files and checkpoints."""
+    """A run without a checkpoint starts at step 0: drop the event files of an attempt that never checkpointed."""
     for path in list(run.dir.glob("events.out.tfevents.*")) + list((run.dir / "checkpoints").glob("*.ckpt")):
         path.unlink()
 
 
 def train_ensemble(runs: Sequence[Run]) -> None:
-    """Train ``runs`` as one ensemble (raises :class:`EnsembleError` if they cannot share one)."""
-    for run in runs:
-        _clear_partial(run)
+    """Train ``runs`` as one ensemble, resuming those with a checkpoint (raises :class:`EnsembleError`
+    if they cannot share one, e.g. resume steps that differ, or a checkpoint that cannot be resumed)."""
+    resume = [run.status() == "resume" for run in runs]
+    if any(resume):
+        steps = {str(run.dir): resume_step(run) for run in runs}
+        if len(set(steps.values())) > 1:
+            raise EnsembleError(f"runs start from different steps {steps}; members of one ensemble step in lockstep: train them in separate ensembles")
+    for run, res in zip(runs, resume):
+        if not res:
+            _clear_partial(run)
     built = [_build_member(run) for run in runs]
+    for run, res, (member, _) in zip(runs, resume, built):
+        if res:
+            member.resume_from = run.last_ckpt
     settings = [_settings(t) for _, t in built]
     for run, s in zip(runs[1:], settings[1:]):
         if s != settings[0]:

@@ -7,10 +7,16 @@ is elementwise, so that is N independent optimizers), gradient norms clipped per
 member keeps its own seed, data stream, eval sets, callbacks, TensorBoard logger and run folder;
 its callbacks (``ClampCallback``, ``EmergenceCallback``, ...) run unchanged against a
 :class:`MemberTrainer`, the part of ``lightning.Trainer`` they read.
+
+Members given a ``resume_from`` checkpoint (``checkpoints/last.ckpt`` in Lightning's layout, written
+by this loop or by ``clamp fit``) continue from it as ``Trainer.fit(ckpt_path=...)`` does: weights,
+optimizer and schedule state, every callback's state, the step, and the data stream at that step.
+Members step in lockstep, so all of them resume from the same step or none does.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +51,7 @@ class Member:
     run_dir: Path
     checkpoint: bool = True  # write checkpoints/last.ckpt at each validation and at the end
     name: str = ""
+    resume_from: Path | None = None  # a checkpoint to continue from (Lightning's layout)
 
 
 class MemberTrainer:
@@ -56,12 +63,11 @@ class MemberTrainer:
     accumulate_grad_batches = 1
     sanity_checking = False
     interrupted = False
-    ckpt_path = None
-    accumulate_grad_batches = 1
 
     def __init__(self, loop: EnsembleTrainer, member: Member) -> None:
         self._loop, self.member = loop, member
         self.callback_metrics: dict[str, torch.Tensor] = {}
+        self.ckpt_path = None if member.resume_from is None else str(member.resume_from)
 
     @property
     def global_step(self) -> int:
@@ -130,6 +136,7 @@ class EnsembleTrainer:
             if m.module.optimizer_config != self.members[0].module.optimizer_config:
                 raise EnsembleError(f"member {m.name!r} has a different optimizer config than {self.members[0].name!r}")
         self.trainers = [MemberTrainer(self, m) for m in self.members]
+        self._resume = self._load_checkpoints()  # weights and step now; optimizer below, callbacks in fit
         device = settings.device
         for m in self.members:
             m.module.to(device)
@@ -137,6 +144,8 @@ class EnsembleTrainer:
         share_storage(self.model, [m.module.model for m in self.members])
         self.router = MemberRouter(self.model, [m.module.model for m in self.members])
         self.optimizer, self.scheduler = self._optimizer()
+        if self._resume is not None:
+            self._restore_optimizer(self._resume)
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
         self._member_eval: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         self._last_train: tuple[torch.Tensor, torch.Tensor] | None = None  # last step's per-member loss and accuracy
@@ -177,6 +186,10 @@ class EnsembleTrainer:
                 getattr(cb, hook)(trainer, m.module, *args)
 
     def _streams(self) -> list[Iterator[dict[str, torch.Tensor]]]:
+        """Each member's train stream, starting after the batches its trainer has consumed (its
+        ``global_step``), as under Lightning: a resumed member sees the uninterrupted run's batches."""
+        for trainer, m in zip(self.trainers, self.members):
+            m.datamodule.trainer = trainer
         return [iter(m.datamodule.train_dataloader()) for m in self.members]
 
     def _stack(self, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -188,6 +201,9 @@ class EnsembleTrainer:
         for trainer, m in zip(self.trainers, self.members):
             for cb in m.callbacks:
                 cb.setup(trainer, m.module, "fit")
+        if self._resume is not None:
+            self._restore_callbacks(self._resume)
+            self._resume = None
         self._call("on_fit_start")
         self.model.train()
         for m in self.members:
@@ -363,3 +379,114 @@ class EnsembleTrainer:
         tmp = path.with_suffix(".tmp")
         torch.save(ckpt, tmp)
         tmp.replace(path)
+
+    # ------------------------------------------------------------------ resuming
+    def _load_checkpoints(self) -> list[dict[str, Any]] | None:
+        """Read the members' ``resume_from`` checkpoints, load their weights and take their step.
+
+        Members step in lockstep, so either every member resumes, all from one step, or none does;
+        anything else is refused (the runner groups runs by resume step so it never happens there)."""
+        resuming = [m.name for m in self.members if m.resume_from is not None]
+        if not resuming:
+            return None
+        fresh = [m.name for m in self.members if m.resume_from is None]
+        if fresh:
+            raise EnsembleError(f"members {resuming} resume from checkpoints but {fresh} start at step 0; members of one ensemble step in lockstep: train them in separate ensembles")
+        ckpts = [read_checkpoint(m.resume_from, m.run_dir) for m in self.members]  # type: ignore[arg-type]
+        steps = {m.name: int(c["global_step"]) for m, c in zip(self.members, ckpts)}
+        if len(set(steps.values())) > 1:
+            raise EnsembleError(f"members resume from different steps {steps}; members of one ensemble step in lockstep: train them in separate ensembles")
+        for m, c in zip(self.members, ckpts):
+            _check_same_config(m, c)
+            m.module.on_load_checkpoint(c)
+            try:
+                m.module.load_state_dict(c["state_dict"])
+            except RuntimeError as e:
+                raise EnsembleError(f"run {m.run_dir}: the weights in checkpoint {m.resume_from} do not fit the model: {' '.join(str(e).split())[:400]}") from None
+        self.global_step = next(iter(steps.values()))
+        return ckpts
+
+    def _restore_optimizer(self, ckpts: Sequence[dict[str, Any]]) -> None:
+        """Each member's AdamW and schedule state stacked back along the member axis (the inverse of
+        :meth:`_optimizer_state`). A separate run's checkpoint has the same layout: one AdamW whose two
+        groups (decay, no decay) list the parameters in the same order, each of one member's shape."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        layout = [len(g["params"]) for g in self.optimizer.param_groups]
+        states = []
+        for m, c in zip(self.members, ckpts):
+            opts = c["optimizer_states"]
+            groups = [len(g["params"]) for g in opts[0]["param_groups"]] if len(opts) == 1 else None
+            if groups != layout:
+                raise EnsembleError(f"run {m.run_dir}: checkpoint {m.resume_from} holds {len(opts)} optimizer state(s) with parameter groups {groups}; this model's one AdamW has groups {layout}")
+            states.append(opts[0])
+        stacked: dict[int, dict[str, Any]] = {}
+        for i, p in enumerate(params):
+            entries = [s["state"].get(i) for s in states]
+            if all(e is None for e in entries):
+                continue
+            if any(e is None or set(e) != set(entries[0]) for e in entries):  # type: ignore[arg-type]
+                have = [m.name for m, e in zip(self.members, entries) if e is not None]
+                raise EnsembleError(f"optimizer state of parameter {i} is saved for members {have} only; one AdamW steps all members together: train them in separate ensembles")
+            merged: dict[str, Any] = {}
+            for key, first in entries[0].items():  # type: ignore[union-attr]
+                values = [e[key] for e in entries]  # type: ignore[index]
+                if isinstance(first, torch.Tensor) and first.dim() > 0:
+                    bad = {m.name: tuple(v.shape) for m, v in zip(self.members, values) if tuple(v.shape) != tuple(p.shape[1:])}
+                    if bad:
+                        raise EnsembleError(f"optimizer state {key!r} of parameter {i} has shapes {bad}; the model's is {tuple(p.shape[1:])}")
+                    merged[key] = torch.stack(values)
+                elif all(torch.equal(torch.as_tensor(v), torch.as_tensor(first)) for v in values):
+                    merged[key] = first  # AdamW's step count: one for the whole stack
+                else:
+                    raise EnsembleError(f"members {[m.name for m in self.members]} differ in optimizer {key!r} of parameter {i} ({[float(v) for v in values]}); train them in separate ensembles")
+            stacked[i] = merged
+        self.optimizer.load_state_dict({"state": stacked, "param_groups": states[0]["param_groups"]})
+        self.scheduler.load_state_dict(ckpts[0]["lr_schedulers"][0])
+
+    def _restore_callbacks(self, ckpts: Sequence[dict[str, Any]]) -> None:
+        """As ``Trainer.fit(ckpt_path=...)`` does after ``setup``: every callback's ``on_load_checkpoint``
+        sees the checkpoint, then each callback with saved state loads a copy of it."""
+        for trainer, m, ckpt in zip(self.trainers, self.members, ckpts):
+            for cb in m.callbacks:
+                cb.on_load_checkpoint(trainer, m.module, ckpt)  # type: ignore[arg-type]
+            states = ckpt.get("callbacks") or {}
+            for cb in m.callbacks:
+                if states.get(cb.state_key):
+                    cb.load_state_dict(copy.deepcopy(states[cb.state_key]))
+
+
+RESUME_KEYS = ("global_step", "state_dict", "optimizer_states", "lr_schedulers")
+
+
+def read_checkpoint(path: Path, run_dir: Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint to resume ``run_dir`` from, checked to hold what resuming needs; an
+    :class:`EnsembleError` naming the run and the problem otherwise (never a silent restart)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as e:  # noqa: BLE001 (any unreadable file: say which and why)
+        raise EnsembleError(f"run {run_dir}: cannot read checkpoint {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); restore it, or delete it to restart the run from step 0") from None
+    missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(RESUME_KEYS)
+    if missing:
+        raise EnsembleError(f"run {run_dir}: checkpoint {path} lacks {missing}, which resuming needs; restore it, or delete it to restart the run from step 0")
+    return ckpt
+
+
+def _check_same_config(m: Member, ckpt: dict[str, Any]) -> None:
+    """Refuse a checkpoint written with other hyper-parameters (model, optimizer, task) than the member's."""
+    if "hyper_parameters" not in ckpt:  # not written by a TrainingModule: the weights' shapes are the check
+        return
+    saved, now = dict(ckpt["hyper_parameters"]), dict(m.module.hparams)
+    changes = []
+    for key in sorted(saved.keys() | now.keys()):
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+        else:
+            changes.append(f"{key}: {a!r} -> {b!r}")
+    if changes:
+        raise EnsembleError(
+            f"run {m.run_dir}: checkpoint {m.resume_from} was written with a different config ({'; '.join(changes)}); "
+            "resume it with the config it was trained with, or delete the run folder to restart it"
+        )
