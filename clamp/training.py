@@ -184,6 +184,18 @@ class TrainingModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self._check_finite()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to train on from an ensemble member's checkpoint (``clamp sweep --ensemble``): it holds
+        no Lightning loop state, so ``Trainer.fit`` would count steps from 0 again on trained weights
+        (repeating steps, the schedule and the data stream); ensembles resume their own checkpoints."""
+        trainer = self._trainer
+        if "ensemble" in checkpoint and "loops" not in checkpoint and trainer is not None and trainer.state.fn == "fit":
+            raise ValueError(
+                f"checkpoint {trainer.ckpt_path} (step {checkpoint.get('global_step')}) was written by an ensemble "
+                "(`clamp sweep --ensemble`) and holds no Lightning loop state, so `clamp fit` cannot continue it "
+                "without repeating steps; continue it with `clamp sweep <sweep file> --ensemble <N>`"
+            )
+
     def _check_finite(self) -> None:
         """Raise on every rank at once if any rank saw a non-finite training loss since the last check."""
         if self._nonfinite is None:

@@ -236,7 +236,7 @@ def _scalars(run_dir: Path) -> dict[tuple[str, int], float]:
 RUNS = [(cond, seed) for cond in ("none", "clamped") for seed in (0, 1)]
 
 
-def test_interrupted_ensemble_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_ensemble_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """Ensembles of 2 crash at step 8 (after the step-6 checkpoint, with steps 7-8 already logged);
     re-running the sweep resumes them at step 6 instead of restarting, and every member ends exactly
     (bitwise) where an uninterrupted ensemble does: weights, optimizer, clamp state (a released `until`
@@ -248,10 +248,16 @@ def test_interrupted_ensemble_sweep_resumes_to_the_uninterrupted_result(tmp_path
         _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, 8)
         with pytest.raises(SystemExit):  # both ensembles failed
             main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "2"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # separate `clamp fit` runs would restart the step count on trained weights: refused
+        main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed")])
+    assert capsys.readouterr().out.count("was written by an ensemble") == 4
     for cond, seed in RUNS:
         run_dir = tmp_path / "resumed" / "ens" / cond / f"seed{seed}"
         assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
         assert not json.loads((run_dir / "condition.json").read_text())["finished"]
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    events = {run: set((tmp_path / "resumed" / "ens" / run[0] / f"seed{run[1]}").glob("events.out.tfevents.*")) for run in RUNS}
     with monkeypatch.context() as mp:
         ran = _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, None)
         main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "2"])
@@ -277,7 +283,7 @@ def test_interrupted_ensemble_sweep_resumes_to_the_uninterrupted_result(tmp_path
             ca, cb = a["callbacks"]["ClampCallback"], b["callbacks"]["ClampCallback"]
             assert cb["engine"]["released"] == ca["engine"]["released"] == {"until_clamp": 6}
             assert cb["engine"]["running_mean"].keys() == ca["engine"]["running_mean"].keys()
-        assert len(list(b_dir.glob("events.out.tfevents.*"))) == 2  # the first attempt's events are kept, not deleted
+        assert events[cond, seed] < set(b_dir.glob("events.out.tfevents.*"))  # earlier attempts' events are kept, not deleted
         assert _scalars(b_dir) == _scalars(a_dir)
 
 
