@@ -78,6 +78,49 @@ def time_clamp_fit(cfg: dict[str, Any], tmp: Path) -> float:
     return time.perf_counter() - t0
 
 
+EMERGENCE_PARTS = {  # what the emergence callback's time is spent on: (where, function) -> label
+    ("clamp.metrics.callback", "EmergenceCallback._probe"): "probes (all of it)",
+    ("clamp.metrics.callback", "EmergenceCallback.measure"): "  forwards and scores",
+    ("clamp.metrics.callback", "ablation_importance"): "    causal importance",
+    ("clamp.metrics.callback", "EmergenceCallback._log_heatmaps"): "  heatmaps",
+    ("clamp.metrics.callback", "log_scalars"): "  TensorBoard scalars",
+    ("clamp.metrics.callback", "EmergenceCallback.summarize"): "phase detection and summary at the end",
+    ("clamp.metrics.callback", "EmergenceCallback.state_dict"): "its checkpoint state",
+}
+
+
+def emergence_breakdown(steps: int, tmp: Path) -> dict[str, float]:
+    """Seconds spent in each part of the emergence callback during one default ``clamp fit`` (timers
+    wrapped around the functions of :data:`EMERGENCE_PARTS`; the rest is Lightning's own handling)."""
+    import functools
+    import importlib
+
+    spent = dict.fromkeys(EMERGENCE_PARTS.values(), 0.0)
+    originals = []
+    for (module_name, qualname), label in EMERGENCE_PARTS.items():
+        owner = importlib.import_module(module_name)
+        *path, name = qualname.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        fn = getattr(owner, name)
+
+        def timed(*args: Any, _fn: Callable = fn, _label: str = label, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _fn(*args, **kw)
+            finally:
+                spent[_label] += time.perf_counter() - t0
+
+        setattr(owner, name, functools.wraps(fn)(timed))
+        originals.append((owner, name, fn))
+    try:
+        spent["(the whole run)"] = time_clamp_fit(fit_config(steps, True, str(tmp / "runs")), tmp)
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    return spent
+
+
 # ---------------------------------------------------------------------------------- the plain loop
 def plain_loop(cfg: dict[str, Any]) -> float:
     """What a researcher would write by hand: the same model, data, optimizer, clipping and validation cadence."""
@@ -415,6 +458,8 @@ def bench(
                 print(f"[fit] {name}: {fits[name][-1]:.1f} s", flush=True)
         results["fit"] = {k: statistics.median(v) for k, v in fits.items()}
         results["fit_all"] = fits
+        results["emergence_parts"] = emergence_breakdown(steps, tmp)
+        print(f"[emergence parts] {results['emergence_parts']}", flush=True)
         # the fixed part of `clamp fit`: config parsing, set-up, summary and teardown around zero steps
         results["startup"] = statistics.median(time_clamp_fit(fit_config(0, False, str(tmp / "runs")), tmp) for _ in range(repeats))
         results["steps"] = step_timings(rounds, step_count)
@@ -479,6 +524,19 @@ def report(res: dict[str, Any], steps: int, ens_steps: int, load0: tuple, load1:
             f"summary and teardown: `clamp fit` with `max_steps: 0`); without it, `clamp fit` (no emergence) takes "
             f"{(fit['clamp fit (no emergence)'] - up) / plain:.2f}x the plain loop.",
         ]
+    if "emergence_parts" in res:
+        parts = dict(res["emergence_parts"])
+        whole = parts.pop("(the whole run)")
+        extra = fit["clamp fit (default, with emergence)"] - fit["clamp fit (no emergence)"]
+        lines += [
+            "",
+            f"Where the emergence callback's time goes (one more instrumented run with it, {whole:.1f} s; the medians above "
+            f"put its cost at {extra:.1f} s; indented rows are part of the row above them):",
+            "",
+            "| part | s | % of the run without emergence |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {k.replace('  ', '&nbsp;&nbsp;')} | {v:.2f} | {100 * v / fit['clamp fit (no emergence)']:.1f} |" for k, v in parts.items()]
     lines += ["", "## 2. Per training step (batch 128, 5 tokens, the default model; median ms/step, round-robin)", "", "| configuration | ms/step | x clamp plain |", "|---|---|---|"]
     lines += [f"| {k} | {v:.2f} | {v / st['clamp plain']:.2f} |" for k, v in st.items() if not k.startswith("_")]
     for k, why in st.get("_unavailable", {}).items():
