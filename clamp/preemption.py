@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,31 @@ class GracefulStop(Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
+
+
+@contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """For a training loop outside Lightning (the ensemble's): while the block runs, SIGTERM and the
+    first SIGINT are only noted in the yielded list (a second SIGINT aborts at once), so the loop can
+    checkpoint and stop at its next step boundary as :class:`GracefulStop` makes Lightning do."""
+    _received.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield _received
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        _received.append(signum)
+
+    def on_int(signum: int, frame: Any) -> None:
+        if signal.SIGINT in _received:  # second press: abort now
+            raise KeyboardInterrupt
+        _received.append(signum)
+        rank_zero_info("\nSIGINT: saving checkpoints after this step, then stopping (Ctrl+C again aborts without them)")
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term), signal.SIGINT: signal.signal(signal.SIGINT, on_int)}
+    try:
+        yield _received
+    finally:
+        for sig, before in previous.items():
+            if before is not None:
+                signal.signal(sig, before)

@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -409,12 +410,20 @@ def build_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)
 
 def main(argv: list[str] | None = None) -> None:
     """``clamp sweep SWEEP.yaml [--jobs N] [--dry-run] [--ensemble N]``."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from clamp.preemption import received_signal
+
     parser = build_parser()
     cfg = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         result = run_sweep(cfg.sweep, jobs=cfg.jobs, dry_run=cfg.dry_run, ensemble=cfg.ensemble, save_dir=cfg.save_dir)
     except (SweepError, FileNotFoundError) as err:
         parser.error(str(err))
+    except SIGTERMException:  # preempted: the running run(s) checkpointed; a re-run resumes them
+        sig = received_signal() or signal.SIGTERM
+        print(f"sweep {cfg.sweep}: stopped by {signal.Signals(sig).name}; the running runs saved checkpoints, run it again to resume", file=sys.stderr)
+        raise SystemExit(128 + int(sig)) from None
     out = sys.stderr if cfg.dry_run else sys.stdout
     counts = f"{len(result.planned)} to run" if cfg.dry_run else f"{len(result.ran)} ran, {len(result.failed)} failed"
     print(f"sweep {cfg.sweep}: {counts}, {len(result.skipped)} already finished", file=out)

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from clamp.cli import main
-from clamp.ensemble.runner import _build_member, plan_ensembles, train_ensemble
+from clamp.ensemble.runner import _build_member, plan_ensembles, resume_step, train_ensemble
 from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member
 from clamp.interventions.callback import ClampCallback
 from clamp.metrics.callback import EmergenceCallback
@@ -236,34 +236,20 @@ def _scalars(run_dir: Path) -> dict[tuple[str, int], float]:
 RUNS = [(cond, seed) for cond in ("none", "clamped") for seed in (0, 1)]
 
 
-def test_interrupted_ensemble_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    """Ensembles of 2 crash at step 8 (after the step-6 checkpoint, with steps 7-8 already logged);
-    re-running the sweep resumes them at step 6 instead of restarting, and every member ends exactly
-    (bitwise) where an uninterrupted ensemble does: weights, optimizer, clamp state (a released `until`
-    clamp fading out across the resume), emergence history without repeated steps, and event curves.
-    Exact, because a resumed member computes the same batched ops on the same data and state."""
-    path = _resumable_sweep(tmp_path)
-    main(["sweep", str(path), "--save_dir", str(tmp_path / "whole"), "--ensemble", "2"])
-    with monkeypatch.context() as mp:
-        _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, 8)
-        with pytest.raises(SystemExit):  # both ensembles failed
-            main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "2"])
-    capsys.readouterr()
-    with pytest.raises(SystemExit):  # separate `clamp fit` runs would restart the step count on trained weights: refused
-        main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed")])
-    assert capsys.readouterr().out.count("was written by an ensemble") == 4
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The resumable sweep (its file, and its runs trained uninterrupted in ensembles of 2)."""
+    tmp = tmp_path_factory.mktemp("whole")
+    path = _resumable_sweep(tmp)
+    main(["sweep", str(path), "--save_dir", str(tmp / "runs"), "--ensemble", "2"])
+    return path, tmp / "runs"
+
+
+def _assert_same_runs(whole_runs: Path, resumed_runs: Path, events: dict | None = None) -> None:
+    """Every member ends bitwise where the uninterrupted one does: weights, optimizer, schedule, clamp
+    state, emergence history (no step twice) and the event curves the reports read."""
     for cond, seed in RUNS:
-        run_dir = tmp_path / "resumed" / "ens" / cond / f"seed{seed}"
-        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
-        assert not json.loads((run_dir / "condition.json").read_text())["finished"]
-        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
-    events = {run: set((tmp_path / "resumed" / "ens" / run[0] / f"seed{run[1]}").glob("events.out.tfevents.*")) for run in RUNS}
-    with monkeypatch.context() as mp:
-        ran = _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, None)
-        main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "2"])
-    assert sorted(ran) == sorted(list(range(6, 12)) * 2)  # two ensembles, each resumed at step 6: nothing redone from 0
-    for cond, seed in RUNS:
-        a_dir, b_dir = (tmp_path / root / "ens" / cond / f"seed{seed}" for root in ("whole", "resumed"))
+        a_dir, b_dir = (root / "ens" / cond / f"seed{seed}" for root in (whole_runs, resumed_runs))
         a = torch.load(a_dir / "checkpoints" / "last.ckpt", weights_only=False)
         b = torch.load(b_dir / "checkpoints" / "last.ckpt", weights_only=False)
         assert b["global_step"] == 12 and json.loads((b_dir / "condition.json").read_text())["finished"]
@@ -283,8 +269,79 @@ def test_interrupted_ensemble_sweep_resumes_to_the_uninterrupted_result(tmp_path
             ca, cb = a["callbacks"]["ClampCallback"], b["callbacks"]["ClampCallback"]
             assert cb["engine"]["released"] == ca["engine"]["released"] == {"until_clamp": 6}
             assert cb["engine"]["running_mean"].keys() == ca["engine"]["running_mean"].keys()
-        assert events[cond, seed] < set(b_dir.glob("events.out.tfevents.*"))  # earlier attempts' events are kept, not deleted
+        if events is not None:
+            assert events[cond, seed] < set(b_dir.glob("events.out.tfevents.*"))  # earlier attempts' events are kept, not deleted
         assert _scalars(b_dir) == _scalars(a_dir)
+        assert json.loads((b_dir / "summary.json").read_text())["complete"] is True
+
+
+def test_interrupted_ensemble_sweep_resumes_to_the_uninterrupted_result(
+    whole: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Ensembles of 2 crash at step 8 (after the step-6 checkpoint, with steps 7-8 already logged);
+    re-running the sweep resumes them at step 6 instead of restarting, and every member ends exactly
+    (bitwise) where an uninterrupted ensemble does, a released `until` clamp fading out across the
+    resume included. Exact, because a resumed member computes the same batched ops on the same data
+    and state."""
+    path, whole_runs = whole
+    with monkeypatch.context() as mp:
+        _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, 8)
+        with pytest.raises(SystemExit):  # both ensembles failed
+            main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "2"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # separate `clamp fit` runs would restart the step count on trained weights: refused
+        main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed")])
+    assert capsys.readouterr().out.count("was written by an ensemble") == 4
+    for cond, seed in RUNS:
+        run_dir = tmp_path / "resumed" / "ens" / cond / f"seed{seed}"
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+        assert not json.loads((run_dir / "condition.json").read_text())["finished"]
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    events = {run: set((tmp_path / "resumed" / "ens" / run[0] / f"seed{run[1]}").glob("events.out.tfevents.*")) for run in RUNS}
+    with monkeypatch.context() as mp:
+        ran = _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, None)
+        main(["sweep", str(path), "--save_dir", str(tmp_path / "resumed"), "--ensemble", "2"])
+    assert sorted(ran) == sorted(list(range(6, 12)) * 2)  # two ensembles, each resumed at step 6: nothing redone from 0
+    _assert_same_runs(whole_runs, tmp_path / "resumed", events)
+
+
+def test_preempted_ensemble_sweep_checkpoints_at_the_signal_and_resumes(whole: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM during step 8 of the first ensemble: it checkpoints at step 8, writes summary.json
+    marked incomplete, and the sweep stops (exit 143) before the second ensemble; the re-run resumes
+    the first at step 8 and starts the second at 0 (separate ensembles), both ending bitwise as
+    uninterrupted ones."""
+    import os
+    import signal
+
+    path, whole_runs = whole
+    original = EnsembleTrainer._train_step
+
+    def signalled(self, batches):  # noqa: ANN001, ANN202
+        original(self, batches)
+        if self.global_step == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(EnsembleTrainer, "_train_step", signalled)
+        with pytest.raises(SystemExit) as stopped:
+            main(["sweep", str(path), "--save_dir", str(tmp_path / "runs"), "--ensemble", "2"])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    for cond, seed in RUNS:
+        run_dir = tmp_path / "runs" / "ens" / cond / f"seed{seed}"
+        if cond == "none":
+            assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+            summary = json.loads((run_dir / "summary.json").read_text())
+            assert summary["complete"] is False and summary["stopped"] == "interrupted by SIGTERM"
+        else:  # never started
+            assert not (run_dir / "checkpoints").exists() and not (run_dir / "condition.json").exists()
+    assert [[(r.condition, resume_step(r)) for r in g] for g in plan_ensembles(load_sweep(path, str(tmp_path / "runs")), 4)] == [
+        [("none", 8), ("none", 8)], [("clamped", 0), ("clamped", 0)]
+    ]
+    with monkeypatch.context() as mp:
+        ran = _crash_at(mp, EnsembleTrainer, "_train_step", lambda loop: loop.global_step, None)
+        main(["sweep", str(path), "--save_dir", str(tmp_path / "runs"), "--ensemble", "4"])
+    assert sorted(ran) == sorted([*range(8, 12), *range(12)])
+    _assert_same_runs(whole_runs, tmp_path / "runs")
 
 
 def test_ensemble_resumes_a_separate_runs_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

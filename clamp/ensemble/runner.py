@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,10 +31,12 @@ from typing import Any
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member, read_checkpoint
 from clamp.interventions.callback import ClampCallback
 from clamp.metrics.callback import EmergenceCallback
+from clamp.preemption import received_signal
 from clamp.sweep import ConditionRecord, Run, load_sweep
 
 MEMBER_CALLBACKS = (ClampCallback, EmergenceCallback, ConditionRecord)  # run per member, unchanged
@@ -189,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = [r for r in load_sweep(sweep, save_dir) if str(r.dir) in dirs]
     if len(runs) != len(dirs):
         raise SystemExit(f"run folders {sorted(dirs - {str(r.dir) for r in runs})} are not in sweep {sweep}")
-    train_ensemble(runs)
+    try:
+        train_ensemble(runs)
+    except SIGTERMException:  # checkpointed at the step the signal arrived; exit as `clamp fit` does
+        raise SystemExit(128 + int(received_signal() or signal.SIGTERM)) from None
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clamp.ensemble.members import MemberRouter, share_storage
 from clamp.interventions.engine import zero_missing_grads
+from clamp.preemption import stop_signals
 from clamp.training import TrainingModule, masked_loss_and_accuracy
 from models.ensemble import EnsembleTransformer
 from synthetic_data.base import model_inputs
@@ -209,22 +211,43 @@ class EnsembleTrainer:
         for m in self.members:
             m.module.train()
         self._call("on_train_start")
-        streams = self._streams()
-        while self.global_step < self.max_steps:
-            batches = [next(s) for s in streams]
-            self._train_step(batches)
-            if self.global_step % self.settings.val_check_interval == 0:
-                self._validate()
+        try:
+            self._train_loop()
+        except BaseException as e:  # as Lightning: callbacks see why fit stopped (summary.json says so), then it propagates
+            self._call("on_exception", e)
+            self._teardown("failed")
+            raise
         self._call("on_train_end")
         self._call("on_fit_end")
+        self._save_checkpoints()
+        self._teardown("success")
+
+    def _train_loop(self) -> None:
+        """Steps to ``max_steps``; on SIGTERM or a first SIGINT, checkpoints after the current step and
+        raises ``SIGTERMException``, as ``clamp fit`` does (:mod:`clamp.preemption`): a preempted
+        ensemble resumes from that step."""
+        streams = self._streams()
+        with stop_signals() as received:
+            while self.global_step < self.max_steps:
+                batches = [next(s) for s in streams]
+                self._train_step(batches)
+                if self.global_step % self.settings.val_check_interval == 0:
+                    self._validate()
+                if received:
+                    self._save_checkpoints()
+                    raise SIGTERMException()
+
+    def _save_checkpoints(self) -> None:
         for m in self.members:
             if m.checkpoint:
                 self._save_checkpoint(m)
+
+    def _teardown(self, status: str) -> None:
         for trainer, m in zip(self.trainers, self.members):
             for cb in m.callbacks:
                 cb.teardown(trainer, m.module, "fit")
             if m.logger is not None:
-                m.logger.finalize("success")
+                m.logger.finalize(status)
 
     def _fold_member_grads(self) -> None:
         """Add to the stacked parameters the gradient that reached a member's own view.
@@ -348,9 +371,7 @@ class EnsembleTrainer:
             if m.logger is not None:
                 m.logger.log_metrics({**{k: float(v) for k, v in metrics[i].items()}, "epoch": 0}, step=self.global_step - 1)
         self._call("on_validation_end")
-        for m in self.members:
-            if m.checkpoint:
-                self._save_checkpoint(m)
+        self._save_checkpoints()
 
     # ------------------------------------------------------------------ checkpoints
     def _optimizer_state(self, index: int) -> dict[str, Any]:
