@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clamp.ensemble.members import MemberRouter, share_storage
+from clamp.interventions.callback import config_diff
 from clamp.interventions.engine import zero_missing_grads
 from clamp.preemption import stop_signals
 from clamp.training import TrainingModule, masked_loss_and_accuracy
@@ -496,16 +497,7 @@ def _check_same_config(m: Member, ckpt: dict[str, Any]) -> None:
     """Refuse a checkpoint written with other hyper-parameters (model, optimizer, task) than the member's."""
     if "hyper_parameters" not in ckpt:  # not written by a TrainingModule: the weights' shapes are the check
         return
-    saved, now = dict(ckpt["hyper_parameters"]), dict(m.module.hparams)
-    changes = []
-    for key in sorted(saved.keys() | now.keys()):
-        a, b = saved.get(key), now.get(key)
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-        else:
-            changes.append(f"{key}: {a!r} -> {b!r}")
+    changes = config_diff(dict(ckpt["hyper_parameters"]), dict(m.module.hparams))
     if changes:
         raise EnsembleError(
             f"run {m.run_dir}: checkpoint {m.resume_from} was written with a different config ({'; '.join(changes)}); "

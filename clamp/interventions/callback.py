@@ -282,7 +282,7 @@ class ClampCallback(Callback):
                 continue
             old = json.loads(saved_specs[label])
             new = json.loads(_spec_json(spec))
-            changed = _diff(old, new)
+            changed = config_diff(old, new)
             kept, dropped = [], []
             if label in released:
                 if old.get("schedule", {}).get("until") == new.get("schedule", {}).get("until"):
@@ -311,11 +311,11 @@ def _spec_json(spec: Intervention) -> str:
     return json.dumps(asdict(spec), sort_keys=True, default=str)
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted paths whose values differ between two plain-data specs."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for k in sorted(set(old) | set(new)):
-            out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+            out += config_diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
         return out
     return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
