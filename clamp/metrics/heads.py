@@ -337,7 +337,7 @@ def copying_eigen_score(model) -> torch.Tensor:
     * The non-zero eigenvalues of ``(W_E W_V)(W_O W_U)`` equal those of ``(W_O W_U)(W_E W_V)``, so the
       smaller of the two products (``[n, n]`` or ``[d_head, d_head]``) is diagonalised, in float64.
 
-    Returns ``[n_layers, n_heads]``; NaN for a head whose OV circuit is zero.
+    Returns ``[n_layers, n_heads]``; NaN for a head whose OV circuit is zero or not finite.
     """
     cfg = model.cfg
     n = min(cfg.d_vocab, cfg.d_out)
@@ -348,8 +348,13 @@ def copying_eigen_score(model) -> torch.Tensor:
         a = w_e @ w_v  # [L, H, n, dh]
         b = w_o @ w_u  # [L, H, dh, n]
         m = a @ b if n <= cfg.d_head else b @ a
-        ev = torch.linalg.eigvals(m)  # [L, H, k] complex
-        score = ev.real.sum(-1) / ev.abs().sum(-1)
+        score = torch.full(m.shape[:-2], float("nan"), dtype=torch.float64, device=m.device)
+        # LAPACK must never see a non-finite matrix: oneMKL's eigvals segfaults on one (Intel CPUs),
+        # so a diverged head gets NaN here and the divergence check reports it instead of a crash.
+        finite = torch.isfinite(m).flatten(-2).all(-1)  # [L, H]
+        if finite.any():
+            ev = torch.linalg.eigvals(m[finite])  # [n_finite, k] complex
+            score[finite] = ev.real.sum(-1) / ev.abs().sum(-1)
     return score.float()
 
 

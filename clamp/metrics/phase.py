@@ -284,6 +284,8 @@ def _monotone_rss(y: np.ndarray, direction: Direction) -> float:
 
 def _line_rss(t: np.ndarray, y: np.ndarray) -> float:
     """Residual sum of squares of the best straight line (the 'gradual trend' alternative)."""
+    if not (np.isfinite(t).all() and np.isfinite(y).all()):  # LAPACK never sees non-finite input
+        return float("nan")
     a = np.stack([np.ones_like(t), t], axis=1)
     coef, *_ = np.linalg.lstsq(a, y, rcond=None)
     r = y - a @ coef
