@@ -20,6 +20,9 @@ from synthetic_data.base import SyntheticTask, TaskSpec
 from synthetic_data.features import load_exemplars
 
 
+GEOMETRIES = ("gaussian", "correlated")
+
+
 class BurstyClassification(SyntheticTask):
     """Exemplar/label sequences ``[x1, l1, ..., xN, lN, xq]`` (``T = 2N + 1``), query label as target.
 
@@ -28,6 +31,11 @@ class BurstyClassification(SyntheticTask):
     as in Reddy 2023) or rows of a user array (``exemplars``: path to ``[classes, exemplars, dim]``
     in .npy/.npz/.h5/.safetensors; then ``n_classes`` and ``dim`` are taken from — and overwritten
     by — its shape, and noise with the same formula is added only if ``within_class_noise > 0``).
+
+    ``geometry`` shapes generated exemplars: ``gaussian`` (the default, above; class means nearly
+    orthogonal) or ``correlated`` (non-negative, unit-norm ReLU features sharing one direction,
+    between-class cosine ~0.6 — the geometry of post-ReLU CNN features such as the paper's
+    ResNet-18 embeddings of Omniglot; see ``_shape``).
 
     Training classes are ``0 .. n_classes - holdout_classes - 1`` with rank-frequency
     ``p(k) ∝ (k + 1) ** -zipf_alpha``; the last ``holdout_classes`` classes never occur in training
@@ -95,6 +103,8 @@ class BurstyClassification(SyntheticTask):
         exemplars_per_class: int = 0,
         train_exemplars: int = 0,
         holdout_label_sets: int = 0,
+        geometry: str = "gaussian",
+        shared_component: float = 1.0,
     ) -> None:
         self.n_classes, self.dim = n_classes, dim
         self.within_class_noise, self.n_context, self.burstiness = within_class_noise, n_context, burstiness
@@ -104,6 +114,7 @@ class BurstyClassification(SyntheticTask):
         self.loss_on_context_labels = loss_on_context_labels
         self.exemplars_per_class, self.train_exemplars = exemplars_per_class, train_exemplars
         self.holdout_label_sets = holdout_label_sets
+        self.geometry, self.shared_component = geometry, shared_component
 
         self._bank: np.ndarray | None = None
         if exemplars is not None:
@@ -122,6 +133,12 @@ class BurstyClassification(SyntheticTask):
             raise ValueError(f"n_classes={K} must be >= 2")
         if self.dim < 1:
             raise ValueError(f"dim={self.dim} must be >= 1")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry={self.geometry!r} is not one of {GEOMETRIES}")
+        if self.geometry != "gaussian" and self._bank is not None:
+            raise ValueError(f"geometry={self.geometry!r} shapes generated exemplars; an exemplars file brings its own geometry (use geometry='gaussian')")
+        if not (math.isfinite(self.shared_component) and self.shared_component >= 0):
+            raise ValueError(f"shared_component={self.shared_component} must be finite and >= 0")
         if not (math.isfinite(self.within_class_noise) and self.within_class_noise >= 0):
             raise ValueError(f"within_class_noise={self.within_class_noise} must be finite and >= 0")
         if N < 1:
@@ -217,14 +234,36 @@ class BurstyClassification(SyntheticTask):
         if self._bank is None:
             rng = np.random.default_rng([seed, 12345])
             self._means = (rng.standard_normal((self.n_classes, self.dim)) / math.sqrt(self.dim)).astype(np.float32)
+            self._shared = (np.random.default_rng([seed, 45678]).standard_normal(self.dim) / math.sqrt(self.dim)).astype(np.float32)
             if self.exemplars_per_class:
                 eps, shape = self.within_class_noise, (self.n_classes, self.exemplars_per_class, self.dim)
                 eta = np.random.default_rng([seed, 23456]).standard_normal(shape) / math.sqrt(self.dim)
-                self._table = ((self._means[:, None] + eps * eta) / math.sqrt(1.0 + eps * eps)).astype(np.float32)
+                self._table = self._shape((self._means[:, None] + eps * eta) / math.sqrt(1.0 + eps * eps))
+            elif self.geometry != "gaussian":
+                self._means = self._shape(self._means)
+                if self.within_class_noise > 0:
+                    raise ValueError(
+                        f"geometry={self.geometry!r} with fresh noise per draw (exemplars_per_class=0, within_class_noise="
+                        f"{self.within_class_noise}) is not supported; set exemplars_per_class > 0 for a fixed bank"
+                    )
         self._p = self.class_probs
         self._cdf = np.cumsum(self._p)
         self._cdf /= self._cdf[-1]
         self._label_sets = self._split_label_sets(seed) if self.holdout_label_sets else {}
+
+    def _shape(self, u: np.ndarray) -> np.ndarray:
+        """Apply the exemplar geometry to pre-activations ``u [..., D]`` (isotropic Gaussian ones).
+
+        ``correlated``: ``ReLU(shared_component * s + u)`` scaled to unit norm, with one shared
+        direction ``s ~ N(0, I/D)`` per task seed. Like post-ReLU CNN features, the vectors are
+        non-negative and strongly correlated: with ``shared_component = 1`` two class means have
+        cosine ~0.61 (the arc-cosine kernel at pre-activation correlation 1/2), against ~0 for
+        ``gaussian``, whose vectors are returned unchanged.
+        """
+        if self.geometry == "gaussian":
+            return u.astype(np.float32, copy=False)
+        x = np.maximum(self.shared_component * self._shared + u, 0.0)
+        return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
     def _split_label_sets(self, seed: int) -> dict[str, np.ndarray]:
         """Hold out ``holdout_label_sets`` random label sets, redrawing until training still uses every label."""

@@ -269,9 +269,33 @@ def test_bursty_gaussian_exemplar_geometry() -> None:
         assert np.allclose(xa[ca == k], xa[ca == k][0])
 
 
+def _class_cosines(task: BurstyClassification, n: int = 400) -> tuple[float, float, float]:
+    """Mean cosine between exemplars of the same class, of different classes, and the smallest feature."""
+    b = as_np(task.sample(rng(), n))
+    x, cls = b["features"][:, 0::2], b["classes"][:, 0::2]
+    xn = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    cos = np.einsum("bid,bjd->bij", xn, xn)
+    same = cls[:, :, None] == cls[:, None, :]
+    off = ~np.eye(x.shape[1], dtype=bool)[None]
+    return float(cos[same & off].mean()), float(cos[~same].mean()), float(x.min())
+
+
+def test_bursty_correlated_geometry_is_non_negative_and_correlated() -> None:
+    """Post-ReLU CNN features (the paper's exemplars) are non-negative with strongly correlated classes."""
+    kw = dict(n_classes=20, dim=256, within_class_noise=0.5, exemplars_per_class=5, n_context=4, burstiness=2, n_labels=8)
+    within_g, between_g, _ = _class_cosines(ready(BurstyClassification(**kw), seed=3))
+    within_c, between_c, smallest = _class_cosines(ready(BurstyClassification(geometry="correlated", **kw), seed=3))
+    assert smallest >= 0.0 and abs(between_g) < 0.05
+    assert 0.4 < between_c < within_c < 1.0  # correlated, yet classes stay distinguishable
+    lone = ready(BurstyClassification(geometry="correlated", shared_component=0.0, **kw), seed=3)
+    assert _class_cosines(lone)[1] < between_c - 0.1  # the shared component is what correlates them
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
+        (dict(geometry="sphere"), r"geometry='sphere' is not one of"),
+        (dict(geometry="correlated", shared_component=-1.0), r"shared_component=-1.0"),
         (dict(n_context=8, burstiness=3), r"burstiness=3 must .*divide n_context=8"),
         (dict(n_classes=10, holdout_classes=9), r"holdout_classes=9"),
         (dict(n_context=8, burstiness=1, n_labels=4), r"n_labels=4"),
