@@ -24,7 +24,7 @@ Definitions (``steps`` and ``loss`` are an eval curve; the loss is smoothed by a
   (t_learn - t_leave)`` per 1,000 steps;
 * abruptness ``A = s_d / s_p``; ``plateau_to_drop = (t_leave - t_enter) / (t_learn - t_leave)``.
 
-``plateau_then_drop`` (the verdict) holds iff the curve learned, the plateau has at least
+``plateau_then_drop`` (the verdict) holds iff the curve learned, arrived, the plateau has at least
 ``min_plateau_evals`` evals, the plateau lasts at least as long as the drop
 (``plateau_to_drop >= 1``) and ``A >= min_abruptness`` (default 5: the drop is at least five
 times as steep as the plateau).
@@ -129,7 +129,7 @@ def measure_plateau(steps: ArrayLike, loss: ArrayLike, rule: PlateauRule = Plate
     plateau_steps = float(t[i_leave] - t[i_enter])
     abrupt = s_d / s_p
     ratio = plateau_steps / drop_steps
-    fails = []
+    fails = [] if arrived else ["the curve starts in the band (no descent onto a plateau)"]
     if n_plateau < rule.min_plateau_evals:
         fails.append(f"plateau of {n_plateau} evals < {rule.min_plateau_evals}")
     if ratio < rule.min_plateau_to_drop:
