@@ -32,6 +32,9 @@ from clamp.report_groups import RunData, band, figure, fmt, learning_speed, load
 from clamp.metrics.phase import detect_phase_change
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the report's own modules beside this script
+import factor_results  # noqa: E402
+import verdicts  # noqa: E402
 LN2 = math.log(2)
 LOSS = "val/ic/loss"  # the training distribution's fixed eval set (the paper's learning-speed curve)
 SPLITS = ("ic", "ic_holdout_labels", "ic_holdout_exemplars", "ic_holdout_classes")
@@ -67,7 +70,7 @@ S5_LEFT = {"none": 3, "pt_1": 3, "layer1_12": 2, "match_1234": 1, "copy_35": 2, 
 def export(runs: Path, results: Path, analyze: bool = True) -> list[str]:
     """Copy every study run trained to its last step into ``results`` (small files only); returns notes on what was skipped."""
     notes = []
-    for exp in STUDIES.values():
+    for exp in (*STUDIES.values(), *factor_results.EXPERIMENTS):
         src_root = runs / exp
         if not src_root.is_dir():
             continue
@@ -701,6 +704,9 @@ def main(argv: list[str] | None = None) -> None:
     notes = export(Path(args.runs), Path(args.results), args.analyze) if args.export else []
     out = write(Path(args.results), Path(args.out), notes, time.perf_counter() - start)
     print(f"wrote {out}")
+    factors = factor_results.write_factors(Path(args.results), Path(args.out).parent / "FACTORS_RESULTS.md", Path(args.out).parent / "figures")
+    if factors:
+        print(f"wrote {factors}")
 
 
 if __name__ == "__main__":
