@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 import sys
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,12 +39,10 @@ import numpy as np
 import pandas as pd
 
 from clamp.metrics.phase import phase_change_of
+from clamp.scalars import EVENT_GLOB, HEAD_TAG, SHORT_FRACTION, read_scalars, short_runs  # noqa: F401 (read_scalars: re-exported)
 
-EVENT_GLOB = "events.out.tfevents.*"
 MAIN_PATTERNS = ("val/*/acc", "val/*/loss", "train/loss")
-HEAD_TAG = re.compile(r"^(?P<family>.+)/L(?P<layer>\d+)H(?P<head>\d+)$")
 TOP_K = 5
-COLUMNS = ["step", "tag", "value"]
 FORMATS = ("png", "pdf", "svg")
 WORDS = {  # tag parts in words, for figure titles
     "val": "validation", "train": "training", "ic": "in-context", "iw": "in-weights", "acc": "accuracy",
@@ -97,40 +96,23 @@ def run_names(dirs: Sequence[Path]) -> dict[Path, str]:
     return {d: str(r) for d, r in zip(dirs, resolved, strict=True)}
 
 
-def read_scalars(run_dir: Path) -> pd.DataFrame:
-    """All scalars of one run dir as a long ``step/tag/value`` frame.
-
-    Each event file directly in the dir is read on its own (sub-folders are other runs); when a
-    resumed run logged a (tag, step) twice, the latest write wins.
-    """
-    from tbparse import SummaryReader
-
-    frames = []
-    for f in sorted(run_dir.glob(EVENT_GLOB)):
-        df = SummaryReader(str(f), pivot=False, extra_columns={"wall_time"}).scalars
-        if len(df):
-            frames.append(df)
-    if not frames:
-        return pd.DataFrame({"step": pd.Series(dtype="int64"), "tag": pd.Series(dtype=str), "value": pd.Series(dtype=float)})
-    df = pd.concat(frames, ignore_index=True).sort_values("wall_time", kind="stable")
-    df = df.drop_duplicates(["tag", "step"], keep="last").sort_values(["tag", "step"], kind="stable")
-    return df[COLUMNS].reset_index(drop=True)
-
-
 def warn(message: str) -> None:
     print(f"clamp report: warning: {message}", file=sys.stderr, flush=True)
 
 
-def load_runs(paths: Iterable[str | Path], labels: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+def load_runs(paths: Iterable[str | Path], labels: Sequence[str] | None = None, progress: str | None = None) -> dict[str, pd.DataFrame]:
     """Run name -> scalars (``step``, ``tag``, ``value``) for every run dir with scalars found under ``paths``.
 
     Run dirs without any scalar are skipped with a warning; ``labels`` name the kept runs in order.
+    ``progress``: print one line saying what is read (and ``progress`` after it) before the slow part.
     """
     dirs: list[Path] = []
     for path in paths:
         for d in find_run_dirs(path):
             if d.resolve() not in {x.resolve() for x in dirs}:
                 dirs.append(d)
+    if progress is not None:
+        print(f"clamp report: reading {len(dirs)} run folder(s), {progress} ...", file=sys.stderr, flush=True)
     frames = {}
     for d in dirs:
         df = read_scalars(d)
@@ -150,12 +132,18 @@ def load_runs(paths: Iterable[str | Path], labels: Sequence[str] | None = None) 
     return {names[d]: df for d, df in frames.items()}
 
 
-def common_range(runs: Mapping[str, pd.DataFrame], tags: Sequence[str]) -> tuple[int, dict[str, int]] | None:
-    """``(last common step, {run: last step})`` when the runs end at different steps, else None."""
+def run_ends(runs: Mapping[str, pd.DataFrame], tags: Sequence[str]) -> dict[str, int]:
+    """Each run's last logged step of ``tags`` (of any tag if none given)."""
     ends = {}
     for name, df in runs.items():
         sub = df[df["tag"].isin(list(tags))] if tags else df
         ends[name] = int(sub["step"].max()) if len(sub) else 0
+    return ends
+
+
+def common_range(runs: Mapping[str, pd.DataFrame], tags: Sequence[str]) -> tuple[int, dict[str, int]] | None:
+    """``(last common step, {run: last step})`` when the runs end at different steps, else None."""
+    ends = run_ends(runs, tags)
     if len(set(ends.values())) <= 1:
         return None
     return min(ends.values()), ends
@@ -307,6 +295,23 @@ def analyze(runs: Mapping[str, pd.DataFrame], tags: Sequence[str], families: Seq
     return out
 
 
+def emergence_time(analysis: Mapping[str, Any], family: str) -> float:
+    """The earliest phase-change midpoint of ``family``'s top heads over the runs (inf if none formed)."""
+    mids = [
+        h["phase_change"]["midpoint"]
+        for a in analysis.values()
+        for h in a["heads"].get(family, {}).get("top", [])
+        if h.get("phase_change") and h["phase_change"].get("midpoint") is not None and math.isfinite(h["phase_change"]["midpoint"])
+    ]
+    return min(mids, default=math.inf)
+
+
+def emergence_order(analysis: Mapping[str, Any]) -> list[str]:
+    """Head families in the order their heads formed (earliest phase change first); those that never did last, by name."""
+    families = sorted({f for a in analysis.values() for f in a["heads"]})
+    return sorted(families, key=lambda f: (emergence_time(analysis, f), f))
+
+
 # -------------------------------------------------------------------------------------- plotting
 
 
@@ -406,6 +411,54 @@ def plot_heatmap(family: str, analysis: Mapping[str, Any], path: Path, formats: 
     return _save(fig, path, formats)
 
 
+def circuit_families(families: Sequence[str]) -> list[str]:
+    """The families of the circuit metrics (previous-token, induction, retrieval: the callback's phase-change list),
+    else those of a 0..1 score, else all; in ``families``' order."""
+    from clamp.metrics.callback import HEAD_METRICS_FOR_PHASE
+    from clamp.metrics.phase import curve_scale
+
+    circuit = [f for f in families if f in HEAD_METRICS_FOR_PHASE]
+    unit = [f for f in families if curve_scale(f"{f}/L0H0") == 1.0 and not f.endswith("attn_sink")]
+    return circuit or unit or list(families)
+
+
+def plot_heads_over_training(
+    runs: Mapping[str, pd.DataFrame], analysis: Mapping[str, Any], families: Sequence[str], path: Path, formats: Sequence[str] = ("png",)
+) -> Path | None:
+    """One panel per run: the top head of each circuit metric over training, phase-change midpoints as dots.
+
+    Shows which head formed when, in one picture, instead of one 8-line chart per metric.
+    """
+    shown = circuit_families(families)
+    panels = [(name, a) for name, a in analysis.items() if any(a["heads"].get(f, {}).get("top") for f in shown)]
+    if not panels:
+        return None
+    ncols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _figure(7.5 * ncols, 4.2 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, (name, a) in zip(axes.flat, panels, strict=False):
+        for i, f in enumerate(shown):
+            top = (a["heads"].get(f) or {}).get("top") or []
+            if not top:
+                continue
+            h = top[0]
+            steps, values = curve(runs[name], f"{f}/L{h['layer']}H{h['head']}")
+            color = f"C{i % 10}"
+            pc = h.get("phase_change")
+            mid = pc.get("midpoint") if pc else None
+            label = f"{f} {h['name']}" + (f" (mid {mid:.0f})" if mid is not None else "")
+            ax.plot(steps, values, color=color, lw=1.3, label=label)
+            if mid is not None and steps.size:
+                ax.plot([mid], [float(np.interp(mid, steps, values))], "o", color=color, ms=5)
+        ax.set(title=f"{name}: top head per metric", xlabel="training step", ylabel="score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_axis_off()
+    return _save(fig, path, formats)
+
+
 # -------------------------------------------------------------------------------------- markdown
 
 
@@ -476,6 +529,9 @@ def markdown(
             ]  # fmt: skip
             lines.append("| " + " | ".join([_cell(name), _num(r["final"]), *cells]) + " |")
 
+    if "heads_over_training" in figures:
+        lines += ["", "## Heads over training", "", "The top head of each circuit metric; sections below in the order the heads formed.", "",
+                  f"![heads over training]({figures['heads_over_training']['all']})"]
     for f in families:
         lines += ["", f"## Heads: {f}", ""]
         if f in figures.get("heatmaps", {}):
@@ -525,22 +581,35 @@ def report(
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ReportError(f"--formats: unknown format(s) {bad}; valid: {list(FORMATS)}")
-    data = load_runs(runs, labels)
+    out_dir = Path(out) if out is not None else Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = load_runs(runs, labels, progress=f"then writing figures and report.md to {out_dir}")
     metas = {name: run_meta(df.attrs.get("run_dir")) for name, df in data.items()}
     for name, df in data.items():
         df.attrs["summary"] = metas[name]["summary"]
     main_tags = select_tags(data, tags)
-    note = ""
+    notes = []
+    excluded = short_runs(run_ends(data, main_tags))
+    if excluded:  # one 10-step run must not cut a whole folder's comparison to steps 0-10
+        ends = run_ends(data, main_tags)
+        notes.append(
+            f"Left out {len(excluded)} run(s) much shorter than the others (last step < {SHORT_FRACTION:.0%} of the median, "
+            f"{statistics.median(ends.values()):.0f}): {', '.join(f'{n} (ends at {e})' for n, e in excluded.items())}."
+        )
+        data = {n: df for n, df in data.items() if n not in excluded}
+        main_tags = select_tags(data, tags)
     if (common := common_range(data, main_tags)) is not None:
         last, ends = common
-        note = f"Runs end at different steps ({', '.join(f'{n}: {e}' for n, e in ends.items())}); compared on steps 0-{last}."
-        warn(note)
+        longest = max(ends.values())
+        early = ", ".join(f"{n} (ends at {e})" for n, e in ends.items() if e < longest)
+        notes.append(f"Compared on steps 0-{last}, the common range: {early} end(s) before the others ({longest}).")
         data = crop(data, last)
-    families = head_families(data)
-    analysis = analyze(data, main_tags, families)
+    note = " ".join(notes)
+    for line in notes:
+        warn(line)
+    analysis = analyze(data, main_tags, head_families(data))
+    families = emergence_order(analysis)
 
     created = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    out_dir = Path(out) if out is not None else Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     classes = {m["classes"] for m in metas.values()}
@@ -553,13 +622,15 @@ def report(
         },
         "heatmaps": {f: plot_heatmap(f, analysis, out_dir / _file("heatmap", f, used), formats).name for f in families},
     }
-
+    if (heads_fig := plot_heads_over_training(data, analysis, families, out_dir / "heads_over_training", formats)) is not None:
+        figures["heads_over_training"] = {"all": heads_fig.name}
     (out_dir / "report.md").write_text(markdown(analysis, main_tags, families, figures, created, note))
     payload = {
         "created": created,
         "main_tags": main_tags,
         "head_families": families,
         "common_range": None if common is None else {"last_step": common[0], "run_ends": common[1]},
+        "excluded_short_runs": excluded,
         "chance": {t: c for t in main_tags if (c := chance_level(t, n_classes)) is not None},
         "figures": figures,
         "runs": analysis,
@@ -582,6 +653,12 @@ def build_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)
     parser.add_argument("--labels", nargs="+", type=str, default=None, help="One name per run, in order (default experiment/version_N).")
     parser.add_argument("--formats", nargs="+", type=str, default=None, help="Figure formats: png, pdf, svg (default png).")
     parser.add_function_arguments(report, skip={"runs", "tags", "labels", "formats"}, as_group=False)
+    grouped = parser.add_argument_group("grouped report (runs made by `clamp sweep`, seeds pooled per condition)")
+    grouped.add_argument("--group-by", "--group_by", dest="group_by", type=str | None, default=None,
+                         help="'condition': differences vs a baseline condition with bootstrap 95 % CIs (groups.md, groups.csv).")
+    grouped.add_argument("--baseline", type=str | None, default=None, help="With --group-by: the condition the others are compared to (default: the first).")
+    grouped.add_argument("--speed_tag", type=str | None, default=None,
+                         help="With --group-by: curve of the learning speed, first step below 0.4 ln 2 (default: the runs' summary.json curve, else the first val/*/loss).")
     return parser
 
 
@@ -595,6 +672,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = build_parser()
     cfg = parser.parse_args(args)
+    given = [f"--{k}" for k in ("baseline", "speed_tag") if cfg.get(k) is not None]
+    if given:
+        parser.error(f"{' and '.join(given)} only apply to a grouped report; add --group-by condition")
     try:
         out_dir = report(runs=cfg.runs, out=cfg.out, tags=cfg.tags, labels=cfg.labels, formats=cfg.formats)
     except (FileNotFoundError, ReportError) as err:  # user errors: message + usage, exit 2, no traceback

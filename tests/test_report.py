@@ -157,3 +157,53 @@ def test_errors_name_the_problem(runs_root: Path, tmp_path: Path) -> None:
         report([str(runs_root)], out=str(tmp_path / "o3"), tags=["no_such/*"])
     with pytest.raises(SystemExit):  # the CLI turns these into a usage error, not a traceback
         main([str(missing), "--out", str(tmp_path / "o4")])
+
+
+def _write_small_run(run_dir: Path, last_step: int, families: dict[str, float] | None = None) -> Path:
+    """A run logging val/x/acc every 10 steps to ``last_step`` and, per family, one head rising at the given midpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    for step in range(0, last_step + 1, 10):
+        writer.add_scalar("val/x/acc", float(0.1 + 0.8 * _sigmoid(np.array(step, float), 300.0, 20.0)), step)
+        for family, mid in (families or {}).items():
+            for head in range(2):
+                score = 0.05 + (0.9 * _sigmoid(np.array(step, float), mid, 15.0) if head == 1 else 0.0)
+                writer.add_scalar(f"{family}/L0H{head}", float(score), step)
+    writer.close()
+    return run_dir
+
+
+def test_head_sections_in_emergence_order_with_heads_figure_and_progress_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _write_small_run(tmp_path / "r" / "version_0", 1000, {"task/label_to_exemplar": 700.0, "task/query_to_match": 200.0})
+    out = tmp_path / "out"
+    main([str(run), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    assert md.index("## Heads: task/query_to_match") < md.index("## Heads: task/label_to_exemplar")  # formed first, not alphabetical
+    assert (out / "heads_over_training.png").stat().st_size > 10_000 and "(heads_over_training.png)" in md
+    assert json.loads((out / "report.json").read_text())["head_families"] == ["task/query_to_match", "task/label_to_exemplar"]
+    err = capsys.readouterr().err
+    assert "clamp report: reading 1 run folder(s)" in err
+
+
+def test_a_much_shorter_run_is_named_and_left_out_not_cutting_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, last in (("a", 1000), ("b", 1000), ("c", 990), ("tiny", 10)):
+        _write_small_run(tmp_path / "runs" / name / "version_0", last)
+    out = tmp_path / "out"
+    report([str(tmp_path / "runs")], out=str(out))
+    err = capsys.readouterr().err
+    assert "Left out 1 run(s) much shorter" in err and "tiny/version_0 (ends at 10)" in err
+    assert "Compared on steps 0-990" in err and "c/version_0 (ends at 990)" in err and "a/version_0 (ends" not in err
+    data = json.loads((out / "report.json").read_text())
+    assert "tiny/version_0" not in data["runs"] and data["excluded_short_runs"] == {"tiny/version_0": 10}
+    assert data["runs"]["a/version_0"]["tags"]["val/x/acc"]["final_step"] == 990
+
+
+def test_help_lists_group_options_and_they_need_group_by(runs_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "--group-by" in text and "--speed_tag" in text and "--baseline" in text
+    with pytest.raises(SystemExit):
+        main([str(runs_root), "--baseline", "none"])
+    assert "--baseline only apply to a grouped report; add --group-by condition" in capsys.readouterr().err
