@@ -45,6 +45,7 @@ __all__ = [
     "repeated_tokens_induction_score",
     "retrieval_score",
     "retrieval_score_given_correct",
+    "teacher_forced_copy_score",
 ]
 
 
@@ -186,21 +187,24 @@ def _copy_steps(tokens: torch.Tensor, copy_src: torch.Tensor, predictions: torch
     return steps, steps & (predictions.to(copied.device) == copied)
 
 
-def retrieval_score(
+def teacher_forced_copy_score(
     pattern: PatternInput,
     tokens: torch.Tensor,
     copy_src: torch.Tensor,
     predictions: torch.Tensor,
     loss_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Wu et al. (2024) retrieval score: how often the head copy-pastes the token to be copied.
+    """Teacher-forced copy-attention score: how often the head's top attention sits on the source of a correct copy.
 
-    Definition (Wu et al.: ``|g_h ∩ k| / |k|``): over *all* copy steps (positions where ``loss_mask``
-    and ``copy_src >= 0``), the fraction at which the model predicts the copied token (``prediction
-    == tokens[b, copy_src[b, i]]``; label tokens are class ids on the classifier task) *and*
-    ``argmax_k pattern[b, h, i, k] == copy_src[b, i]``. Wu et al. match the attended token; here the
-    attended position, which is the same unless a token repeats among the sources. ``predictions``
-    is ``[B, T]`` ids or ``[B, T, d_out]`` logits (argmax taken).
+    Definition: over *all* copy steps of *every* trial (positions where ``loss_mask`` and
+    ``copy_src >= 0``), on one teacher-forced forward, the fraction at which the model predicts the
+    copied token (``prediction == tokens[b, copy_src[b, i]]``; label tokens are class ids on the
+    classifier task) *and* ``argmax_k pattern[b, h, i, k] == copy_src[b, i]`` (the source
+    *position*). It is a cheap training-time proxy, not Wu et al.'s (2024) retrieval score, which
+    decodes greedily, matches the attended *token* and keeps only trials with > 50 % recall:
+    :func:`clamp.metrics.retrieval.wu_retrieval_score`. (A perfect head with half the trials
+    right scores 0.5 here and 0.875 there for 8-token needles.) ``predictions`` is ``[B, T]`` ids
+    or ``[B, T, d_out]`` logits (argmax taken). Logged as ``*/retrieval`` by the emergence probe.
     """
     steps, correct = _copy_steps(tokens, copy_src, predictions, loss_mask)
 
@@ -209,6 +213,9 @@ def retrieval_score(
         return _masked_mean(hit.to(p.dtype), steps)
 
     return _per_layer(pattern, fn)
+
+
+retrieval_score = teacher_forced_copy_score  # the old name, kept for existing callers: it is not Wu et al.'s score
 
 
 def retrieval_score_given_correct(
@@ -220,7 +227,7 @@ def retrieval_score_given_correct(
 ) -> torch.Tensor:
     """The retrieval score restricted to correctly predicted copy steps (Wu et al.'s score / accuracy).
 
-    Definition: over copy steps that the model predicts correctly (see :func:`retrieval_score`), the
+    Definition: over copy steps that the model predicts correctly (see :func:`teacher_forced_copy_score`), the
     fraction where ``argmax_k pattern[b, h, i, k] == copy_src[b, i]``: which head's top attention sits
     on the source whenever the copy succeeds, independent of how often it succeeds. NaN if none does.
     """
@@ -444,7 +451,8 @@ def all_head_scores(
     Always: ``prev_token``, ``attn_sink``, ``copying``, ``copying_eigen``. With ``copy_src``:
     ``induction`` (with ``repeat_start`` and ``period``, the repeated-token definition of
     :func:`repeated_tokens_induction_score`; otherwise attention to ``copy_src``), ``retrieval``
-    (Wu et al.) and ``retrieval_given_correct`` (predictions = argmax of this forward's logits).
+    (:func:`teacher_forced_copy_score`, not Wu et al.'s decoded score) and
+    ``retrieval_given_correct`` (predictions = argmax of this forward's logits).
     Without a ``feature_mask`` (pure token tasks): ``prefix_matching``. With ``feature_mask``:
     ``label_to_exemplar``, and with ``query_pos`` and ``classes`` too ``induction_strength``
     (Singh et al.). With ``query_pos`` and ``match_pos`` / ``match_exemplar_pos``:
@@ -468,7 +476,7 @@ def all_head_scores(
             out["induction"] = repeated_tokens_induction_score(pats, b["repeat_start"], b["period"])
         else:
             out["induction"] = induction_score(pats, b["copy_src"])
-        out["retrieval"] = retrieval_score(pats, b["tokens"], b["copy_src"], logits, b["loss_mask"])
+        out["retrieval"] = teacher_forced_copy_score(pats, b["tokens"], b["copy_src"], logits, b["loss_mask"])
         out["retrieval_given_correct"] = retrieval_score_given_correct(pats, b["tokens"], b["copy_src"], logits, b["loss_mask"])
     if b.get("feature_mask") is None:
         out["prefix_matching"] = prefix_matching_score(pats, b["tokens"])
