@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
@@ -22,9 +23,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from clamp.interventions.engine import Intervention, InterventionEngine, as_intervention
+from clamp.interventions.roles import RoleSet, fill_heads, role_refs
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -44,12 +46,16 @@ class ClampCallback(Callback):
         interventions: what to clamp, how, and when (see :class:`Intervention`).
         seed: seeds the randomness of ``noise``, ``resample`` and ``patch`` per step.
         log_alpha: log each intervention's alpha as ``clamp/alpha/<name>`` so curves can be read against it.
+        roles: ``{name: HeadRole fields}``: heads chosen by what they do, measured once on a reference
+            run or on this run at a step (:mod:`clamp.interventions.roles`); interventions use them as
+            ``{name}`` in their site (``layer1.head{kept}.z``) or op arguments (``head: "{kept}"``).
     """
 
     STATE_KEY = "ClampCallback"
 
-    def __init__(self, interventions: list[Intervention], seed: int = 0, log_alpha: bool = True) -> None:
-        self.interventions = [as_intervention(i) for i in interventions]
+    def __init__(self, interventions: list[Intervention], seed: int = 0, log_alpha: bool = True, roles: dict[str, dict[str, Any]] | None = None) -> None:
+        self.interventions = [as_intervention(i) for i in interventions]  # as written: `{role}` references kept
+        self.roles = RoleSet(roles)
         self.seed = seed
         self.log_alpha = log_alpha
         self.engine: InterventionEngine | None = None
@@ -72,16 +78,32 @@ class ClampCallback(Callback):
         return {i.schedule.until.metric for i in self.interventions if i.schedule.until is not None}
 
     def config_summary(self) -> list[dict[str, Any]]:
-        """Plain-data description of the interventions (for hparams / reports)."""
-        return [asdict(i) for i in self.interventions]
+        """Plain-data description of the interventions (for hparams / reports): heads chosen by role as
+        chosen, with the choice (heads, every head's score, where measured) under ``roles``."""
+        out = []
+        bound = {b.spec.label: b.spec for b in self.engine.bound} if self.engine is not None else {}
+        for spec in self.interventions:
+            chosen = self.roles.summary(spec)
+            used = role_refs(spec.site) | role_refs(spec.op)
+            item = asdict(bound[spec.label] if spec.label in bound and used <= set(chosen) else spec)
+            out.append({**item, "roles": chosen} if chosen else item)
+        return out
 
     # ------------------------------------------------------------------ validation
     def check(self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: Any = None) -> None:
         """Validate everything knowable before training (sites, ops, shapes, batch fields of the task,
         schedules against ``max_steps``, reference files) without touching the run folder; idempotent."""
+        dm = datamodule or getattr(trainer, "datamodule", None)
         if self.engine is None:
-            self.engine = InterventionEngine(pl_module.model, self.interventions, seed=self.seed)
-        task = getattr(datamodule or getattr(trainer, "datamodule", None), "task", None)
+            self.roles.check_refs([(f"intervention {i} ({s.label})", s) for i, s in enumerate(self.interventions)])
+            if self.roles:
+                if dm is None:
+                    raise ValueError(f"ClampCallback.roles {sorted(self.roles.roles)} are measured on the task's probe sets, but the run has no DataModule")
+                seed = getattr(dm, "seed", None)
+                seed = int(seed) if seed is not None else (int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None)
+                self.roles.check(pl_module.model, dm, getattr(trainer, "callbacks", []), seed, int(getattr(trainer, "max_steps", -1) or -1))
+            self.engine = InterventionEngine(pl_module.model, self._specs(pl_module.model), seed=self.seed, held=self.roles.users(self.interventions))
+        task = getattr(dm, "task", None)
         if task is not None and not self._task_checked:
             self._check_task_fields(task)
             self._task_checked = True
@@ -103,6 +125,37 @@ class ClampCallback(Callback):
         if self._pending is not None:
             self._apply_state(self._pending)
             self._pending = None
+
+    # ------------------------------------------------------------------ heads chosen by role
+    def _specs(self, model: Any) -> list[Intervention]:
+        """The interventions with role references filled in (stand-in heads for roles not yet measured)."""
+        heads = self.roles.heads(model.cfg.n_heads)
+        return [fill_heads(s, heads) if role_refs(s.site) | role_refs(s.op) else s for s in self.interventions]
+
+    def _rebind_resolved(self, model: Any) -> None:
+        """Bind the held interventions whose roles are all measured now to their chosen heads."""
+        assert self.engine is not None
+        ready = set(self.roles.choices)
+        specs = {s.label: c for s, c in zip(self.interventions, self._specs(model)) if s.label in self.engine.held and (role_refs(s.site) | role_refs(s.op)) <= ready}
+        if specs:
+            self.engine.rebind(specs)
+
+    def _resolve_roles(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int | None) -> None:
+        """Measure the roles due now, once; print, log and bind their heads (DDP: rank 0's choice)."""
+        due = self.roles.due(step)
+        if not due or self.engine is None:
+            return
+        self.engine.detach()  # measured on the weights alone; the next update re-attaches the hooks
+        lines = self.roles.resolve(due, pl_module.model, trainer.datamodule, trainer.callbacks, trainer.global_step)
+        if getattr(trainer, "world_size", 1) > 1:
+            self.roles.choices, lines = trainer.strategy.broadcast((self.roles.choices, lines), src=0)
+        for line in lines:
+            rank_zero_info(line)
+        for logger in trainer.loggers:
+            add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
+            if callable(add_text) and trainer.is_global_zero:
+                add_text("clamp/roles", "\n\n".join(lines), trainer.global_step)
+        self._rebind_resolved(pl_module.model)
 
     def _check_task_fields(self, task: Any) -> None:
         """Batch-aware interventions need fields the task must provide: say so before the first step."""
@@ -141,10 +194,12 @@ class ClampCallback(Callback):
                 )
             self._init_state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
         self.engine.load_references(self._init_state, device=pl_module.device)
+        self._resolve_roles(trainer, pl_module, trainer.global_step)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.engine is not None and not all(k in self.engine.references for k in self.engine.reference_keys()):
             self.engine.load_references(self._init_state, device=pl_module.device)  # validate-only runs
+        self._resolve_roles(trainer, pl_module, None)  # validate-only runs: reference roles (in fit: done at its start)
         self._set(trainer, "val")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -186,6 +241,7 @@ class ClampCallback(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.engine is not None:
+            self._resolve_roles(trainer, pl_module, trainer.global_step)
             self.engine.set_batch(batch)
         alphas = self._set(trainer, "train")
         if self.log_alpha and alphas:
@@ -251,6 +307,8 @@ class ClampCallback(Callback):
             state["engine"] = self.engine.state_dict()
         if self._init_state is not None:
             state["init_state"] = self._init_state
+        if self.roles.choices:
+            state["roles"] = self.roles.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -265,6 +323,10 @@ class ClampCallback(Callback):
         self._last_metrics = dict(state.get("last_metrics", {}))
         if "init_state" in state:
             self._init_state = state["init_state"]
+        role_notes = self.roles.load_state_dict(state.get("roles") or {})
+        if role_notes:
+            rank_zero_warn("resuming with edited roles: " + " | ".join(role_notes))
+        self._rebind_resolved(self.engine.model)
         saved_specs: dict[str, str] = state.get("specs") or {}
         engine_state = state.get("engine", {})
         released = dict(engine_state.get("released", {}))

@@ -252,6 +252,7 @@ class InterventionEngine:
         interventions: Sequence[Intervention | Mapping[str, Any]],
         seed: int = 0,
         *,
+        held: Sequence[str] = (),
         _nested_in: str | None = None,
     ) -> None:
         if not hasattr(model, "resolve_sites"):
@@ -260,6 +261,9 @@ class InterventionEngine:
         self.seed = seed
         self.bound: list[Bound] = []
         self.references: dict[str, nn.Module] = {}
+        # labels kept off (alpha 0) and out of the conflict rule until :meth:`rebind` gives their final
+        # sites: interventions on heads chosen by role, bound to stand-in heads until measured
+        self.held: set[str] = set(held)
         for i, item in enumerate(interventions):
             self.bound.append(self._bind(i, item, _nested_in))
         self._check_conflicts()
@@ -394,9 +398,24 @@ class InterventionEngine:
                 continue
             op.check_site(OpContext(site, head, "train", torch.Generator(), {}), shape)
 
+    def rebind(self, specs: Mapping[str, Intervention]) -> None:
+        """Bind new specs in place of the interventions of the same labels (heads chosen by role, once
+        measured) and release them from ``held``; state, releases and references are kept."""
+        self._remove_hooks()
+        for j, b in enumerate(self.bound):
+            if b.spec.label in specs:
+                if b.nested is not None:
+                    b.nested.detach()
+                self.bound[j] = self._bind(b.index, specs[b.spec.label], None)
+                self.held.discard(b.spec.label)
+        self._mask_cache.clear()
+        self._check_conflicts()
+
     def _check_conflicts(self) -> None:
         for i, a in enumerate(self.bound):
             for b in self.bound[i + 1 :]:
+                if a.spec.label in self.held or b.spec.label in self.held:
+                    continue
                 if not (a.op.replaces and b.op.replaces):
                     continue
                 if _selection_overlaps(a, b) and _time_overlaps(a.spec.schedule, b.spec.schedule) and set(a.spec.during) & set(b.spec.during):
@@ -465,6 +484,9 @@ class InterventionEngine:
             self.observe(step, metrics)
         for b in self.bound:
             s = b.spec.schedule
+            if b.spec.label in self.held:
+                self.alphas[b.spec.label] = 0.0
+                continue
             self.alphas[b.spec.label] = s.strength if step is None else s.alpha(step, self.released.get(b.spec.label))
         seed_key = hashlib.blake2b(f"{self.seed}:{step}:{self.mode}".encode(), digest_size=8).digest()
         self.generator.manual_seed(int.from_bytes(seed_key, "little") & (2**63 - 1))
