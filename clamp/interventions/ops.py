@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import pickle
 import types
 import typing
@@ -180,6 +181,10 @@ class Scale(Op):
     grad_kind: ClassVar[str] = "x"
     k: float = field(kw_only=True)  # required: a scale without a gain would silently do nothing
 
+    def validate(self) -> None:
+        if not math.isfinite(self.k):  # an infinite gain makes the activation (and the loss) inf/nan at the first step
+            raise ValueError(f"op 'scale' field `k`={self.k}: must be a finite number")
+
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         return x * (1 + m * (self.k - 1))
 
@@ -194,8 +199,8 @@ class Noise(Op):
     std: float = 1.0
 
     def validate(self) -> None:
-        if self.std < 0:
-            raise ValueError(f"op 'noise' field `std`={self.std}: must be >= 0")
+        if not (math.isfinite(self.std) and self.std >= 0):
+            raise ValueError(f"op 'noise' field `std`={self.std}: must be a finite number >= 0")
 
     def apply(self, x: torch.Tensor, m: torch.Tensor, ctx: OpContext) -> torch.Tensor:
         eps = torch.randn(x.shape, generator=ctx.generator, device="cpu", dtype=torch.float32)
@@ -345,6 +350,10 @@ class Constant(Op):
             self._tensor = _load_tensor(self.value)
         except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:  # ragged lists, missing or unreadable files
             raise (FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError)(f"op 'constant' field `value`={_short(self.value)}: {e}") from None
+        bad = int((~torch.isfinite(self._tensor)).sum())
+        if bad:  # caught here, not as a "diverged" run some steps later
+            shown = repr(self.value) if isinstance(self.value, str) else _short(self.value)  # a file: its whole path
+            raise ValueError(f"op 'constant' field `value`={shown}: {bad} of {self._tensor.numel()} values are not finite (nan/inf); a constant must be finite")
 
     def check_site(self, ctx: OpContext, shape: tuple[int, ...]) -> None:
         assert self._tensor is not None

@@ -62,7 +62,15 @@ class MetricCondition:
         if self.ramp_out < 0:
             raise ValueError(f"{where}.ramp_out={self.ramp_out}: must be >= 0")
 
-    def crossed(self, value: float) -> bool:
+    def crossed(self, value: float, step: int | None = None) -> bool:
+        """Whether ``value`` of the metric crosses the threshold; a non-finite value is an error: NaN
+        crosses no threshold, so the clamp would silently never release while the run ends complete."""
+        if not math.isfinite(value):
+            at = "" if step is None else f" at step {step}"
+            raise ValueError(
+                f"until.metric={self.metric!r} is {value}{at}, so the `until` condition (mode {self.mode!r}, threshold {self.threshold}) "
+                "can never be decided; the run or the metric's source diverged: fix it, or release on another metric"
+            )
         return value > self.threshold if self.mode == "above" else value < self.threshold
 
 
