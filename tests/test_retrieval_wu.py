@@ -115,3 +115,41 @@ def test_greedy_decode_is_the_models_own_argmax_on_its_own_output(kind: str) -> 
     pats = torch.stack([cache["layer0.pattern"], cache["layer1.pattern"]], dim=1)[:, :, :, q : T - 1]  # [N, L, H, steps, T]
     assert torch.equal(d.top, pats.argmax(-1).permute(0, 3, 1, 2))
     assert not model.training
+
+
+def test_without_first_copy_leaves_nothing_to_retrieve() -> None:
+    from clamp.metrics import curves
+    from clamp.metrics.probes import without_first_copy
+
+    b = _batch(4, 8)
+    hay = torch.randint(0, V, (4, T), generator=torch.Generator().manual_seed(0))  # the haystack _batch used
+    ctrl = without_first_copy(b, hay)
+    rows, cols = torch.arange(4)[:, None], b["needle_pos"][:, None] + torch.arange(8)
+    assert torch.equal(ctrl["tokens"][rows, cols], hay[rows, cols]) and torch.equal(ctrl["tokens"][:, -8:], b["tokens"][:, -8:])
+    assert torch.equal(ctrl["loss_mask"], b["loss_mask"]) and "copy_src" not in ctrl
+    model = OracleCopier(b["needle_pos"], 8, {})  # copies whatever sits at the first copy's positions
+    acc = curves.accuracy(model.run_with_cache(b["tokens"])[0], b["targets"], b["loss_mask"])
+    acc_ctrl = curves.accuracy(model.run_with_cache(ctrl["tokens"])[0], ctrl["targets"], ctrl["loss_mask"])
+    assert float(acc) == 1.0 and float(acc_ctrl) < 0.2
+
+
+def test_ablation_script_reports_control_and_intervals_over_seeds() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "experiments" / "natural_text" / "retrieval_ablation.py"
+    spec = importlib.util.spec_from_file_location("retrieval_ablation", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    cfg = {"n_layer": 2, "n_head": 2, "n_embd": 16, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    models = [(f"s{i}", HFModelConfig("gpt2", cfg).build(V, T).eval(), torch.randint(0, V, (16, T), generator=torch.Generator().manual_seed(i))) for i in range(2)]
+    one = mod.analyse(models[:1], ks=[1, 2], n_random=3, seeds=[0, 1, 2], needle_len=6, source="text")
+    agg = one["aggregate"]
+    assert agg["over"] == "needle seeds of one trained model" and agg["acc"]["n"] == 3 and agg["acc"]["low"] is not None
+    s0 = one["runs"][0]["seeds"][0]
+    assert s0["retrieval_gain"] == pytest.approx(s0["acc"] - s0["acc_no_first_copy"])
+    assert s0["ranked_by"] in ("wu", "teacher_forced_copy") and len(s0["tests"]) == 2
+    assert agg["by_k"]["2"]["top_minus_random_acc"]["n"] == 3
+    two = mod.analyse(models, ks=[1], n_random=2, seeds=[0, 1, 2], needle_len=6, source="random")
+    assert two["aggregate"]["over"] == "training seeds (runs)" and two["aggregate"]["acc"]["n"] == 2

@@ -4,9 +4,13 @@
   vocabulary is written into real text at a random depth and again at the end of the context;
   from the second copy's first token on, the model can only predict the rest by retrieving it
   from the first copy. ``copy_src`` marks where each copied token sits, so
-  :func:`clamp.metrics.heads.retrieval_score` gives Wu et al.'s retrieval score per head (the
-  fraction of correctly copied tokens at which the head's top attention is on that token) and
-  the loss mask scores only the copy steps (``curves/needle/acc`` is retrieval accuracy).
+  :func:`clamp.metrics.heads.teacher_forced_copy_score` gives a teacher-forced proxy per head
+  (over every trial, the fraction of copy steps predicted right with the head's top attention on
+  the source position) and the loss mask scores only the copy steps (``curves/needle/acc``).
+  Wu et al.'s own retrieval score decodes the needle greedily:
+  :func:`clamp.metrics.retrieval.wu_retrieval_score`.
+* :func:`without_first_copy`: the control: the same batch with the first copy replaced by the
+  haystack text it covered, so the needle can only be guessed, not retrieved.
 * :func:`text_span_needles`: needles that are spans of *other* text (Wu et al. hide a
   natural-language needle): out of place in the haystack but in the model's distribution, so a
   model that copies text it knows can retrieve them where it cannot copy random tokens.
@@ -122,3 +126,21 @@ def top_vs_random_ablation(
         "random": draws,
         "random_mean": {m: float(np.mean([d[m] for d in draws])) for m in ("acc", "loss")},
     }
+
+
+def without_first_copy(batch: Mapping[str, torch.Tensor], haystack: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The no-first-copy control of a :func:`needle_batch`: the first copy overwritten by the haystack text it hid.
+
+    The second copy, its cue and the scored positions stay, so accuracy on this batch is what the
+    model gets right *without* anything to retrieve (guessing from the cue and the text); only
+    the difference to the batch with the copy measures retrieval. ``copy_src`` is dropped (the
+    sources are gone).
+    """
+    needle_len = int(batch["loss_mask"].sum(dim=1).max()) + 1
+    tokens = batch["tokens"].clone()
+    rows = torch.arange(tokens.shape[0])[:, None]
+    cols = batch["needle_pos"].long()[:, None] + torch.arange(needle_len)
+    tokens[rows, cols] = haystack.long()[rows, cols]
+    out = {k: v for k, v in batch.items() if k != "copy_src"}
+    out["tokens"], out["targets"] = tokens, torch.roll(tokens, -1, 1)
+    return out
