@@ -165,6 +165,33 @@ def final_heads(run: RunData, family: str = "task/induction_strength", layer: in
     return np.array([(lambda c: c[1][-1] if c[1].size else np.nan)(run.curve(f"{family}/L{layer}H{h}")) for h in range(heads)])
 
 
+def heads_at(run: RunData, fraction: float, family: str = "task/induction_strength", layer: int = 1, heads: int = 8) -> np.ndarray:
+    """Each head's strength at the eval nearest ``fraction`` of the run (finding 2's "settled" check)."""
+    out = []
+    for h in range(heads):
+        s, v = run.curve(f"{family}/L{layer}H{h}")
+        out.append(float(v[np.argmin(np.abs(s - fraction * s.max()))]) if v.size else np.nan)
+    return np.array(out)
+
+
+def untrained_null(runs: Sequence[RunData], family: str = "task/induction_strength", layer: int = 1, heads: int = 8) -> tuple[float, str]:
+    """The untrained-model null of a head score: the max over heads at step 0 (random init), across seeds.
+
+    Step 0 of each run is an untrained model of that seed's initialisation on the same probe set, so
+    these are N real random-init models of the same architecture. With N seeds the 99th percentile
+    is the largest of the N maxima for N < 100: a head counts as formed only above every untrained one.
+    """
+    maxima = []
+    for r in runs:
+        first = [r.curve(f"{family}/L{layer}H{h}") for h in range(heads)]
+        vals = [v[0] for s, v in first if v.size and s[0] == 0]
+        if vals:
+            maxima.append(max(vals))
+    if not maxima:
+        return STRONG, f"no step-0 scores; fixed threshold {STRONG}"
+    return float(np.quantile(maxima, 0.99)), f"99th percentile of the max over heads of {len(maxima)} untrained models (step 0 of each seed)"
+
+
 def stat(values: Sequence[float | None]) -> dict[str, Any]:
     return mean_spread(list(values))
 
@@ -222,7 +249,10 @@ class Report:
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
 
-    def verdict(self, finding: str, text: str) -> None:
+    def verdict(self, finding: str | verdicts.Verdict, text: str = "") -> None:
+        """Record a verdict: a pre-registered rule's :class:`verdicts.Verdict`, or a descriptive note (``finding``, ``text``)."""
+        if isinstance(finding, verdicts.Verdict):
+            finding, text = finding.finding, finding.line()
         self.verdicts.append((finding, text))
         self.add("", f"**Verdict ({finding}).** {text}", "")
 
@@ -269,33 +299,10 @@ class Report:
         agg = {k: stat([x[k] for x in m]) for k in ("reached_plateau", "plateau", "speed", "midpoint", "final")}
         self.add(f"| mean ± std | {fmt(agg['reached_plateau'], integer=True)} | {fmt(agg['plateau'], integer=True)} | {fmt(agg['speed'], integer=True)} | {fmt(agg['midpoint'], integer=True)} | {fmt(agg['final'])} | | |", "")
 
-        learned = [x["speed"] is not None for x in m]
-        shares = [x["share"] for x in m if x["share"] is not None]
-        self.verdict("finding 1", (
-            f"{sum(learned)}/{len(m)} seeds fall below 0.4 ln 2 (learning speed {fmt(agg['speed'], integer=True)} steps = "
-            f"{_f((agg['speed']['mean'] or 0) * 32 * COMPRESSION, 2)} paper-equivalent sequences); the loss first comes within 15 % of ln 2 at step "
-            f"{fmt(agg['reached_plateau'], integer=True)} and stays there for {fmt(agg['plateau'], integer=True)} steps, "
-            f"{_f(100 * float(np.mean(shares)) if shares else None, 2)} % of the time to learn "
-            + ("(a plateau, by the ≥ 20 % criterion), " if shares and np.mean(shares) >= PLATEAU_SHARE else "(less than the 20 % that would make it a plateau: the loss slows near ln 2 rather than sitting on it), ")
-            + f"then drops to a final {fmt(agg['final'])}. "
-            + ("Reproduced: a plateau at ln 2, then a phase change." if all(learned) and shares and np.mean(shares) >= PLATEAU_SHARE
-               else "Partly reproduced: " + ("every seed learns the task through the ln 2 level, " if all(learned) else "not every seed learns within the run, ")
-               + ("but the ln 2 plateau is short in this time-compressed regime." if not shares or np.mean(shares) < PLATEAU_SHARE else "with a plateau."))
-        ))
-        n_strong = [int((v > STRONG).sum()) for v in strengths.values()]
-        top = [float(np.sort(v)[-1]) for v in strengths.values()]
-        second = [float(np.sort(v)[-2]) for v in strengths.values()]
-        spread = [float(v.max() - v.min()) for v in strengths.values()]
-        self.verdict("finding 2", (
-            f"Final induction strengths of the 8 layer-1 heads: the strongest {fmt(stat(top), 2)}, the second {fmt(stat(second), 2)}, "
-            f"range (max − min) {fmt(stat(spread), 2)}; heads above {STRONG}: {fmt(stat(n_strong), 2)} per seed. "
-            + ("Reproduced: several heads of diverse strength, one dominant (the paper's seed: ~0.1 to ~0.85)."
-               if np.mean(n_strong) >= 2 and np.mean(spread) >= 0.4 and np.mean(np.array(top) - np.array(second)) > 0.05
-               else "Not fully reproduced: " + ("few heads pass the threshold; " if np.mean(n_strong) < 2 else "")
-               + ("the strengths are narrow in range; " if np.mean(spread) < 0.4 else "")
-               + ("no clearly dominant head; " if np.mean(np.array(top) - np.array(second)) <= 0.05 else "")
-               + "see the table for each seed.")
-        ))
+        v1, found = verdicts.finding1([curve(r) for r in runs])
+        self.verdict(v1)
+        null, null_source = untrained_null(runs)
+        self.verdict(verdicts.finding2([strengths[r.seed] for r in runs], [heads_at(r, 0.8) for r in runs], null, null_source))
         return strengths
 
     # -------------------------------------------------------------- study 2
@@ -341,15 +348,11 @@ class Report:
             self.add(f"| {seed} | {a['base']['acc']:.3f} | {drop:.3f} | {keep[top]:.3f} ({s[top]:.2f}) | {others} | {corr:.2f} | {_f(fixed[-1], 2)} | "
                      f"{losses[0]:.3f}, {losses[1]:.3f}, {losses[2]:.3f}, {losses[-1]:.3f} |")
         self.add("")
-        self.verdict("finding 3", (
-            f"Removing any one layer-1 head costs at most {fmt(stat(worst), 2)} accuracy; the strongest head alone reaches {fmt(stat(strongest_acc), 2)} "
-            f"accuracy, and keep-one accuracy correlates with strength (r = {fmt(stat(corrs), 2)}); another head fixes on average "
-            f"{fmt(stat(fixed), 2)} of the strongest head's errors; adding heads back lowers the loss step by step in {sum(mono)}/{len(mono)} seeds. "
-            + ("Reproduced: redundant and additive heads." if np.mean(worst) < 0.05 and np.mean(corrs) > 0.5 and sum(mono) == len(mono)
-               else "Partly reproduced: " + ("removing one head costs more than 0.05 accuracy; " if np.mean(worst) >= 0.05 else "")
-               + ("keep-one accuracy does not follow strength (r ≤ 0.5); " if np.mean(corrs) <= 0.5 else "")
-               + ("adding heads back is not monotone in every seed; " if sum(mono) < len(mono) else "") + "see the table.")
-        ))
+        per = []
+        for seed, a in an.items():
+            per.append(verdicts.finding3_seed(a["strength"]["per_head"], [x["acc"] for x in a["keep_one"]], a["base"]["acc"],
+                                              [x["acc"] for x in a["remove_one"]], [x["loss"] for x in a["add_back"]]))
+        self.verdict(verdicts.finding3(per))
 
     # -------------------------------------------------------------- study 3
     def study3(self, strengths: Mapping[int, np.ndarray]) -> None:
@@ -386,16 +389,12 @@ class Report:
         learned = sum(sp is not None for _, _, sp, _, _ in rows)
         rho = _spearman(xs, ys) if len(xs) >= 3 else None
         self.add("")
-        slow = [f"L1H{h}" for h, _, sp, _, _ in rows if sp is None]
-        predicts = rho is not None and rho < -0.3
-        self.verdict("finding 4", (
-            f"{learned}/{len(rows)} single-head runs learn the task alone (loss < 0.4 ln 2), with learning speeds from "
-            f"{_steps(min(xs) if xs else None)} to {_steps(max(xs) if xs else None)} steps; Spearman correlation of solo speed (steps) with the head's "
-            f"strength in the full model: {_f(rho, 2)} over {len(xs)} heads of seed(s) {sorted({r[1] for r in rows})} (negative = heads fast alone end up strong). "
-            + ("Reproduced: competition is not needed, and solo speed predicts strength." if not slow and predicts
-               else "Partly reproduced: " + ("every head learns alone" if not slow else f"{', '.join(slow)} did not reach 0.4 ln 2 alone by the last step (final loss in the table)")
-               + ("; solo speed predicts full-model strength." if predicts else "; solo speed does not clearly predict full-model strength."))
-        ))
+        per: dict[int, dict[str, object]] = {}
+        for seed in sorted({r[1] for r in rows}):
+            mine = [(h, sp, st) for h, sd, sp, st, _ in rows if sd == seed and st is not None]
+            if mine:
+                per[seed] = verdicts.finding4_seed({h: sp for h, sp, _ in mine}, {h: st for h, _, st in mine})
+        self.verdict(verdicts.finding4(per) if per else verdicts.Verdict("finding 4", verdicts.NOT, "No single-head run has a study 1 seed to compare with."))
 
     # -------------------------------------------------------------- study 4
     def study4(self) -> None:
@@ -413,19 +412,13 @@ class Report:
                 speeds[c] = stat([learning_speed(*curve(r)) for r in runs])
                 self.add(f"| {labels[c]} | {len(runs)} | {fmt(speeds[c], integer=True)} | {fmt(stat([float(curve(r)[1][-1]) for r in runs]))} |")
             self.add("")
-            few = [speeds[c]["mean"] for c in ("pt_1", "pt_3") if c in speeds and speeds[c]["mean"]]
-            allc = speeds.get("pt_all", {}).get("mean")
-            if "pt_all" in speeds and not speeds["pt_all"]["n"]:  # no seed learned within the run: slower than any that did
-                allc = math.inf
-            self.verdict("finding 5 (clamps)", (
-                f"Learning speed with one / three / all eight layer-0 heads clamped to a perfect previous-token pattern: "
-                + " / ".join(fmt(speeds[c], integer=True) for c in ("pt_1", "pt_3", "pt_all") if c in speeds)
-                + (f"; unclamped {fmt(speeds['none'], integer=True)}. " if "none" in speeds else ". ")
-                + ("Reproduced: one or a few clamped heads give similar dynamics, all eight slow learning"
-                   + (" (here: no seed learns within the run)." if allc == math.inf else ".")
-                   if few and allc and allc > 1.2 * max(few) and max(few) <= 1.3 * min(few)
-                   else "Not reproduced as stated: " + ("clamping all eight does not slow learning by > 20 % relative to one or three" if not (few and allc and allc > 1.2 * max(few)) else "one and three clamped heads differ by > 30 %") + ".")
-            ))
+            per_seed: dict[int, dict[str, float | None]] = {}
+            for c, rs in groups.items():
+                for r in rs:
+                    per_seed.setdefault(r.seed, {})[c] = learning_speed(*curve(r))
+            per = {seed: verdicts.finding5_clamps_seed(sp.get("none"), sp.get("pt_1"), sp.get("pt_3"), sp.get("pt_all"))
+                   for seed, sp in sorted(per_seed.items()) if {"none", "pt_1", "pt_3", "pt_all"} <= set(sp)}
+            self.verdict(verdicts.finding5_clamps(per) if per else verdicts.Verdict("finding 5 (clamps)", verdicts.NOT, "No seed ran all four conditions."))
         runs = [r for r in self.groups(1).get("base", []) if (r.dir / "analysis.json").is_file()]
         if not runs:
             self.add("_Path-specific ablations: need study 1's analyses (`clamp analyze`)._", "")
@@ -437,8 +430,10 @@ class Report:
                  "Previous-token score: final attention from each label to its exemplar (`task/label_to_exemplar`).", "",
                  "| seed | head | previous-token score | Δ plain | Δ patterns kept | Δ values kept | acts through |", "|---|---|---|---|---|---|---|")
         kinds: dict[str, list[float]] = {"K": [], "V": [], "mixed": []}
+        kinds_per_seed: dict[int, list[str]] = {}
         n_pt = []
         for r in runs:
+            kinds_per_seed[r.seed] = []
             a = json.loads((r.dir / "analysis.json").read_text())
             base = a["base"]["loss"]
             pt = final_heads(r, "task/label_to_exemplar", layer=0)
@@ -450,18 +445,11 @@ class Report:
                 dp, dk, dv = (x[k]["loss"] - base for k in ("plain", "patterns_preserved", "values_preserved"))
                 kind = "K" if dk < 0.5 * dv else "V" if dv < 0.5 * dk else "mixed"
                 kinds[kind].append(float(pt[h]))
+                kinds_per_seed[r.seed].append(kind)
                 self.add(f"| {r.seed} | L0H{h} | {pt[h]:.2f} | {dp:+.3f} | {dk:+.3f} | {dv:+.3f} | {kind} |")
         self.add("")
-        k_pt = float(np.mean(kinds["K"])) if kinds["K"] else None
-        other_pt = float(np.mean(kinds["V"] + kinds["mixed"])) if kinds["V"] or kinds["mixed"] else None
-        self.verdict("finding 5 (paths)", (
-            f"Layer-0 heads with a previous-token score > 0.5: {fmt(stat(n_pt), 2)} per seed. Of the layer-0 heads that matter (plain ablation > 0.05 loss), "
-            f"{len(kinds['K'])} act mainly through layer 1's keys/queries (mean previous-token score {_f(k_pt, 2)}), {len(kinds['V'])} through its values and "
-            f"{len(kinds['mixed'])} through both (mean previous-token score {_f(other_pt, 2)}). "
-            + ("Reproduced: several previous-token heads, acting through keys (K-composition), and other layer-0 heads acting through values."
-               if kinds["K"] and (kinds["V"] or kinds["mixed"]) and np.mean(n_pt) >= 2 and (k_pt or 0) > (other_pt or 0)
-               else "Partly reproduced; see the table.")
-        ))
+        v = verdicts.finding5_paths(kinds_per_seed)
+        self.verdict(verdicts.Verdict(v.finding, v.status, f"Layer-0 heads with a previous-token score > 0.5: {fmt(stat(n_pt), 2)} per seed. " + v.text))
 
     # -------------------------------------------------------------- study 5
     def study5(self) -> None:
@@ -480,21 +468,14 @@ class Report:
                 self.add(f"| {S5_LABELS.get(c, c)} | {S5_LEFT.get(c, '?')} | {len(runs)} | {fmt(stat([x['speed'] for x in m]), integer=True)} | "
                          f"{fmt(stat([x['plateau'] for x in m]), integer=True)} | {fmt(shares[c], 2)} | {fmt(stat([x['final'] for x in m]))} |")
             self.add("")
-            one = [c for c in groups if S5_LEFT.get(c) == 1]
-            many = [c for c in groups if S5_LEFT.get(c, 0) >= 2]
-            learned = {c: shares[c]["n"] > 0 for c in groups}  # a share exists only for seeds that reached 0.4 ln 2
-            flat = {c: learned[c] and shares[c]["mean"] < PLATEAU_SHARE for c in groups}
-            self.verdict("finding 6", (
-                "Plateau share (time within 15 % of ln 2 / time to reach 0.4 ln 2; a plateau if ≥ 0.2): "
-                + "; ".join(f"{c} {fmt(shares[c], 2)}" for c in groups) + ". "
-                + ("Reproduced: the runs left with one subcircuit learn without a plateau, those left with two or more keep one."
-                   if all(flat[c] for c in one) and all(not flat[c] for c in many)
-                   else "Partly reproduced: " + ", ".join(
-                       [f"{c} (1 left) does not learn within the run" for c in one if not learned[c]]
-                       + [f"{c} (1 left) has a plateau" for c in one if learned[c] and not flat[c]]
-                       + [f"{c} (≥ 2 left) does not learn within the run" for c in many if not learned[c]]
-                       + [f"{c} (≥ 2 left) has none" for c in many if flat[c]]) + ".")
-            ))
+            v6, found = verdicts.finding6({c: [curve(r) for r in rs] for c, rs in groups.items() if c in S5_LEFT}, S5_LEFT)
+            self.add("Plateau-then-drop rule per seed (abruptness; `arrived` = came from above the ln 2 band):", "",
+                     "| condition | subcircuits left | abruptness per seed | arrived per seed | passes the rule |", "|---|---|---|---|---|")
+            for c, ps in found.items():
+                self.add(f"| {S5_LABELS.get(c, c)} | {S5_LEFT[c]} | " + ", ".join("–" if p.abruptness is None else f"{p.abruptness:.1f}" for p in ps)
+                         + " | " + ", ".join("yes" if p.arrived else "no" for p in ps) + " | " + ", ".join("yes" if p.plateau_then_drop else "no" for p in ps) + " |")
+            self.add("")
+            self.verdict(v6)
         self.toy()
 
     def toy(self) -> None:
