@@ -36,6 +36,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from clamp.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from clamp.console import ProgressLines, StepProgressBar, print_run_summary
 from clamp.preemption import GracefulStop, received_signal
 from clamp.runs import find_checkpoint, run_dir_of
@@ -54,10 +55,11 @@ TRAINER_COMMANDS = {
 
 #: Other subcommands: name -> ("module:function", one-line help[, takes --debug]). Adding one is one line here.
 COMMANDS: dict[str, tuple] = {
-    "report": ("clamp.report:main", "compare runs: curves, heatmaps, phase changes (PNG/PDF/SVG), report.md"),
+    "report": ("clamp.report:main", "compare runs: curves, heatmaps, phase changes, report.md; --group-by condition: differences with 95% CIs"),
     "sites": ("clamp.cli:sites_main", "list the intervention sites of a config's model, with shapes"),
     "sweep": ("clamp.sweep:main", "run a grid of configs x seeds as ordinary runs (skips finished ones)"),
     "analyze": ("clamp.analyze:main", "per-head ablations and path analyses of a checkpoint", True),
+    "null": ("clamp.cli:null_main", "head scores of N untrained models (the null a head must beat to count as formed): null.json"),
 }
 
 
@@ -142,6 +144,7 @@ class ClampCLI(LightningCLI):
         if self.subcommand is None:  # built, not run: no terminal output
             return super().instantiate_trainer(**kwargs)
         trainer_cfg = self.config_init[self.subcommand]["trainer"]
+        kwargs["plugins"] = _with_atomic_checkpoints(trainer_cfg.get("plugins"))
         if trainer_cfg.get("enable_progress_bar", True) is not False:
             kwargs["callbacks"] = [*(trainer_cfg.get("callbacks") or []), StepProgressBar() if sys.stdout.isatty() else ProgressLines()]
             kwargs["enable_progress_bar"] = sys.stdout.isatty()
@@ -160,6 +163,15 @@ class ClampCLI(LightningCLI):
         super()._run_subcommand(subcommand)
 
 
+def _with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """The configured trainer plugins plus :class:`AtomicCheckpointIO`, unless one of them already is a
+    ``CheckpointIO`` (a full disk must never truncate ``last.ckpt``)."""
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    return plugins if any(isinstance(p, CheckpointIO) for p in plugins) else [*plugins, AtomicCheckpointIO()]
+
+
 def _merge_clamp_callbacks(callbacks: list[Any] | None) -> None:
     """Several ``ClampCallback`` entries (e.g. two clamp config files layered onto one run) become one
     callback holding all their interventions, in order: Lightning refuses two callbacks with one
@@ -176,6 +188,13 @@ def _merge_clamp_callbacks(callbacks: list[Any] | None) -> None:
                     f"({getattr(first, key, None)!r} vs {getattr(other.init_args, key, None)!r}); give them the same {key}"
                 )
         first.interventions = [*first.interventions, *other.init_args.interventions]
+        roles = dict(getattr(first, "roles", None) or {})
+        for name, role in (getattr(other.init_args, "roles", None) or {}).items():
+            if name in roles and roles[name] != role:
+                raise ConfigError(f"trainer.callbacks: two ClampCallbacks define role {name!r} differently ({roles[name]!r} vs {role!r}); rename one or make them equal")
+            roles[name] = role
+        if roles:
+            first.roles = roles
         callbacks.remove(other)
 
 
@@ -211,7 +230,7 @@ def _check_time_budget(max_time: Any, ckpt: Path) -> None:
         return
     if limit is None:
         return
-    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {}).get("Timer", {})
+    state = load_checkpoint(ckpt, mmap=True).get("callbacks", {}).get("Timer", {})
     used = float(state.get("time_elapsed", {}).get("train", 0.0))
     if used >= limit:
         hms = lambda t: str(timedelta(seconds=round(t)))  # noqa: E731
@@ -227,7 +246,7 @@ def _continue_in(logger_args: Any, run_dir: Path, ckpt: Path) -> None:
     logger_args.save_dir = str(run_dir.parent.parent)
     logger_args.name = run_dir.parent.name
     logger_args.version = run_dir.name
-    step = int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+    step = int(load_checkpoint(ckpt, mmap=True).get("global_step", 0))
     logger_args.purge_step = step  # TensorBoard discards this run's events at steps >= the checkpoint's
     print(f"resuming {run_dir} from step {step} ({ckpt.name})", flush=True)
 
@@ -313,6 +332,35 @@ def sites_main(argv: list[str]) -> None:
         shape = ", ".join(f"{d}={info.sizes.get(d, sized.get(d))}" for d in info.dims)
         print(f"  {info.name:<22} [{shape}]")
     print("selectors: layer<L>.head<H>.<site> (H in 0..{0} or *) picks heads; layer*.<site> every layer".format(model.cfg.n_heads - 1))
+
+
+def null_main(argv: list[str]) -> None:
+    """``clamp null --config X.yaml [--n 20] [--out DIR] [overrides]`` or ``clamp null --run RUN_DIR``: see :mod:`clamp.metrics.null`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="clamp null", description="Head scores of N untrained models (init seeds 0..N-1) of a "
+                                     "config's architecture on its EmergenceCallback's probes; writes OUT/null.json.")  # fmt: skip
+    parser.add_argument("--n", type=int, default=20, help="untrained models (default 20)")
+    parser.add_argument("--out", default=None, help="folder for null.json (default: the run folder with --run, else reports/null/<config name>)")
+    parser.add_argument("--run", default=None, help="a run folder (runs/<exp>/version_N): its architecture, task and probes")
+    opts, rest = parser.parse_known_args(argv)
+    if opts.n < 1:
+        parser.error(f"--n {opts.n}: must be >= 1 (e.g. 20)")
+    if (opts.run is None) == (not rest):
+        parser.error("give either --config X.yaml [overrides] or --run RUN_DIR")
+    from clamp.metrics.null import EmergenceCallback, null_of_run, null_scores, table
+
+    _quiet_third_parties()
+    if opts.run:
+        baseline, out = null_of_run(opts.run, n=opts.n), opts.out or opts.run
+    else:
+        cli = cli_main(rest, run=False)
+        cb = next((c for c in cli.trainer.callbacks if isinstance(c, EmergenceCallback)), None)
+        baseline = null_scores(cli.model, cli.datamodule, cb, n=opts.n)
+        config = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("--config", "-c")), "config")
+        out = opts.out or str(Path("reports") / "null" / Path(config).stem)
+    print("\n".join(table(baseline)))
+    print(f"null baseline written to {baseline.write(out)}")
 
 
 def _version() -> str:

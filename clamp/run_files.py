@@ -52,6 +52,9 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full or read-only disk: say which file (the old one is intact)
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, f"could not write {path} ({e.strerror or e}); the previous file, if any, is intact") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -12,6 +12,11 @@ Members given a ``resume_from`` checkpoint (``checkpoints/last.ckpt`` in Lightni
 by this loop or by ``clamp fit``) continue from it as ``Trainer.fit(ckpt_path=...)`` does: weights,
 optimizer and schedule state, every callback's state, the step, and the data stream at that step.
 Members step in lockstep, so all of them resume from the same step or none does.
+
+A member whose training loss becomes non-finite stops alone, as ``clamp fit`` would stop it (the
+same check at the same cadence, :class:`DivergenceError`): its callbacks see the exception
+(``summary.json`` incomplete, with the reason), its last good checkpoint is kept, its slice of the
+stacked weights is frozen, and its siblings train on exactly as they would beside a healthy one.
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from clamp.checkpoint_io import load_checkpoint, save_atomic
 from clamp.ensemble.members import MemberRouter, share_storage
 from clamp.interventions.callback import config_diff
 from clamp.interventions.engine import zero_missing_grads
 from clamp.preemption import stop_signals
-from clamp.training import TrainingModule, masked_loss_and_accuracy
+from clamp.training import DivergenceError, TrainingModule, masked_loss_and_accuracy
 from models.ensemble import EnsembleTransformer
 from synthetic_data.base import model_inputs
-from synthetic_data.datamodule import SyntheticDataModule
 
 INPUT_KEYS = ("tokens", "features", "feature_mask", "targets", "loss_mask")
 
@@ -48,7 +54,7 @@ class Member:
     """One member: its module (whose ``.model`` becomes a view of the ensemble), data, callbacks and logger."""
 
     module: TrainingModule
-    datamodule: SyntheticDataModule
+    datamodule: L.LightningDataModule  # any with SyntheticDataModule's contract: train_dataloader, eval_split_names, eval_set, eval_batch_size
     callbacks: list[Callback]
     logger: Any  # TensorBoardLogger (or any lightning Logger)
     run_dir: Path
@@ -97,7 +103,7 @@ class MemberTrainer:
         return self.member.callbacks
 
     @property
-    def datamodule(self) -> SyntheticDataModule:
+    def datamodule(self) -> L.LightningDataModule:
         return self.member.datamodule
 
     @property
@@ -152,6 +158,10 @@ class EnsembleTrainer:
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
         self._member_eval: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         self._last_train: tuple[torch.Tensor, torch.Tensor] | None = None  # last step's per-member loss and accuracy
+        self.stopped: dict[int, str] = {}  # member index -> why it stopped alone (divergence)
+        self._frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # a stopped member's weight slices
+        self._nonfinite: torch.Tensor | None = None  # per member, on the device: a non-finite loss since the last check
+        self._last_finite_check = self.global_step
 
     # ------------------------------------------------------------------ optimisation
     def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -183,10 +193,49 @@ class EnsembleTrainer:
             g.mul_(coef.view(-1, *(1,) * (g.dim() - 1)))
 
     # ------------------------------------------------------------------ hooks
+    def _active(self) -> list[tuple[int, MemberTrainer, Member]]:
+        """The members still training (not stopped alone): index, trainer, member."""
+        return [(i, t, m) for i, (t, m) in enumerate(zip(self.trainers, self.members)) if i not in self.stopped]
+
     def _call(self, hook: str, *args: Any) -> None:
-        for trainer, m in zip(self.trainers, self.members):
+        for _, trainer, m in self._active():
             for cb in m.callbacks:
                 getattr(cb, hook)(trainer, m.module, *args)
+
+    # ------------------------------------------------------------------ divergence
+    def _check_finite(self) -> None:
+        """``clamp fit``'s divergence guard, per member: a member whose loss was non-finite since the
+        last check stops alone (called at the same cadence as ``TrainingModule``'s, and before any save)."""
+        if self._nonfinite is None:
+            return
+        bad = self._nonfinite.cpu().tolist()
+        self._nonfinite = None
+        since, step = self._last_finite_check, self.global_step
+        self._last_finite_check = step
+        lr = self.members[0].module.optimizer_config.lr
+        for i, diverged in enumerate(bad):
+            if diverged and i not in self.stopped:
+                self._stop_member(i, DivergenceError.between(since, step, lr))
+
+    def _stop_member(self, index: int, error: BaseException) -> None:
+        """Stop member ``index`` alone: its callbacks see ``error`` (summary.json, condition.json), its
+        logger is finalized as failed, no checkpoint of it is written again, its weights stay as they are."""
+        trainer, m = self.trainers[index], self.members[index]
+        self.stopped[index] = f"{type(error).__name__}: {error}"
+        for cb in m.callbacks:
+            cb.on_exception(trainer, m.module, error)
+        for cb in m.callbacks:
+            cb.teardown(trainer, m.module, "fit")
+        if m.logger is not None:
+            m.logger.finalize("failed")
+        self._frozen[index] = [(p, p.detach()[index].clone()) for p in self.model.parameters()]
+        rank_zero_warn(f"ensemble member {m.name or index} ({m.run_dir}) stopped at step {self.global_step}: {error}; its last good checkpoint is kept, the other members train on")
+
+    @torch.no_grad()
+    def _restore_frozen(self) -> None:
+        for index, saved in self._frozen.items():
+            for p, value in saved:
+                p[index].copy_(value)
 
     def _streams(self) -> list[Iterator[dict[str, torch.Tensor]]]:
         """Each member's train stream, starting after the batches its trainer has consumed (its
@@ -202,6 +251,8 @@ class EnsembleTrainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
         for trainer, m in zip(self.trainers, self.members):
+            m.datamodule.trainer = trainer
+            m.datamodule.setup("fit")  # as Trainer.fit does first (TextDataModule copies its tokenizer into the run)
             for cb in m.callbacks:
                 cb.setup(trainer, m.module, "fit")
         if self._resume is not None:
@@ -218,6 +269,7 @@ class EnsembleTrainer:
             self._call("on_exception", e)
             self._teardown("failed")
             raise
+        self._check_finite()  # a member that diverged since the last check stops before its end of fit
         self._call("on_train_end")
         self._call("on_fit_end")
         self._save_checkpoints()
@@ -229,9 +281,11 @@ class EnsembleTrainer:
         ensemble resumes from that step."""
         streams = self._streams()
         with stop_signals() as received:
-            while self.global_step < self.max_steps:
+            while self.global_step < self.max_steps and len(self.stopped) < len(self.members):
                 batches = [next(s) for s in streams]
                 self._train_step(batches)
+                if self.global_step % self.log_every_n_steps == 0:
+                    self._check_finite()
                 if self.global_step % self.settings.val_check_interval == 0:
                     self._validate()
                 if received:
@@ -239,12 +293,13 @@ class EnsembleTrainer:
                     raise SIGTERMException()
 
     def _save_checkpoints(self) -> None:
-        for m in self.members:
+        self._check_finite()  # never overwrite a member's last good checkpoint with non-finite weights
+        for _, _, m in self._active():
             if m.checkpoint:
                 self._save_checkpoint(m)
 
     def _teardown(self, status: str) -> None:
-        for trainer, m in zip(self.trainers, self.members):
+        for _, trainer, m in self._active():
             for cb in m.callbacks:
                 cb.teardown(trainer, m.module, "fit")
             if m.logger is not None:
@@ -280,7 +335,7 @@ class EnsembleTrainer:
 
     def _train_step(self, batches: list[dict[str, torch.Tensor]]) -> None:
         step = self.global_step
-        for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
+        for i, trainer, m in self._active():
             for cb in m.callbacks:
                 cb.on_train_batch_start(trainer, m.module, batches[i], 0)
         batch = self._stack(batches)
@@ -294,16 +349,19 @@ class EnsembleTrainer:
         self._clip_gradients()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        self._restore_frozen()
         self.scheduler.step()
         self.global_step += 1
         detached = losses.detach()
+        bad = ~torch.isfinite(detached)
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         self._last_train = (detached, torch.stack([acc for _, acc in pairs]).detach())  # read by `until` at validation, as in Lightning
-        for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
+        for i, trainer, m in self._active():
             for cb in m.callbacks:
                 cb.on_train_batch_end(trainer, m.module, {"loss": detached[i]}, batches[i], 0)
         if (step + 1) % self.log_every_n_steps == 0:  # Lightning's train-metric cadence and step index
             values = torch.stack([detached, torch.stack([acc for _, acc in pairs]).detach()]).cpu().tolist()
-            for i, m in enumerate(self.members):
+            for i, _, m in self._active():
                 if m.logger is not None:
                     sequences = float((step + 1) * m.module.sequences_per_step(batches[i]))
                     row = {"train/loss": values[0][i], "train/acc": values[1][i], "train/sequences": sequences, "lr-AdamW": lr, "epoch": 0}
@@ -336,6 +394,7 @@ class EnsembleTrainer:
         holds about a separate run's batch: at full size the intermediates of all members fall out of
         cache (8 members of the singh2024 setting: 10.2x one member's validation time; sliced, 8.2x;
         the rest is attention, whose CPU kernel costs the same per sequence and head either way)."""
+        self._check_finite()  # as `clamp fit` checks before each validation
         self._call("on_validation_start")
         self.model.eval()
         n_members = len(self.members)
@@ -347,7 +406,7 @@ class EnsembleTrainer:
             sums = torch.zeros(n_members, 3, device=self.settings.device)  # loss * n, acc * n, n
             for start in range(0, size, ebs):
                 stop = min(start + ebs, size)
-                for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):  # batch-aware clamps read this batch's fields
+                for i, trainer, m in self._active():  # batch-aware clamps read this batch's fields
                     full = {k: v[start:stop] for k, v in self._member_eval_set(i, split).items()}
                     for cb in m.callbacks:
                         cb.on_validation_batch_start(trainer, m.module, full, start // ebs)
@@ -365,7 +424,7 @@ class EnsembleTrainer:
                 metrics[i][f"val/{split}/loss"] = sums[i, 0] / sums[i, 2]
                 metrics[i][f"val/{split}/acc"] = sums[i, 1] / sums[i, 2]
         self.model.train()
-        for i, (trainer, m) in enumerate(zip(self.trainers, self.members)):
+        for i, trainer, m in self._active():
             trainer.callback_metrics.update(metrics[i])  # keeps probe metrics (usable by `until`) next to val/*
             if self._last_train is not None:
                 trainer.callback_metrics.update({"train/loss": self._last_train[0][i], "train/acc": self._last_train[1][i]})
@@ -396,11 +455,7 @@ class EnsembleTrainer:
             "lr_schedulers": [self.scheduler.state_dict()],
             "ensemble": {"members": len(self.members), "index": index},
         }
-        path = m.run_dir / "checkpoints" / "last.ckpt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(ckpt, tmp)
-        tmp.replace(path)
+        save_atomic(ckpt, m.run_dir / "checkpoints" / "last.ckpt")
 
     # ------------------------------------------------------------------ resuming
     def _load_checkpoints(self) -> list[dict[str, Any]] | None:
@@ -484,7 +539,7 @@ def read_checkpoint(path: Path, run_dir: Path, mmap: bool = False) -> dict[str, 
     """A checkpoint to resume ``run_dir`` from, checked to hold what resuming needs; an
     :class:`EnsembleError` naming the run and the problem otherwise (never a silent restart)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        ckpt = load_checkpoint(path, mmap=mmap)
     except Exception as e:  # noqa: BLE001 (any unreadable file: say which and why)
         raise EnsembleError(f"run {run_dir}: cannot read checkpoint {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); restore it, or delete it to restart the run from step 0") from None
     missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(RESUME_KEYS)

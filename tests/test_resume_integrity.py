@@ -1,0 +1,129 @@
+"""What keeps a run's files trustworthy: atomic checkpoint writes, safe checkpoint reads, resumes that
+refuse a different experiment, and the runaway-loss guard (issues 18 and 23)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import resource
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from clamp import checkpoint_io
+from clamp.checkpoint_io import CheckpointWriteError, load_checkpoint, save_atomic
+from clamp.cli import main
+from clamp.ensemble.trainer import EnsembleError, read_checkpoint
+from tests.test_cli import _shrink
+
+
+def _fit(tmp_path: Path, name: str, steps: int = 10, *extra: str) -> Path:
+    main(["fit", *_shrink(tmp_path, steps=steps), "--experiment", name, *extra])
+    return tmp_path / "runs" / name / "version_0"
+
+
+def _disk_full_after(n_bytes: int):  # noqa: ANN202 (a torch.save stand-in)
+    """A ``torch.save`` that writes ``n_bytes`` of the checkpoint, then fails as a full disk does."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        buf = io.BytesIO()
+        real(obj, buf, *args, **kwargs)
+        f.write(buf.getvalue()[:n_bytes])
+        raise OSError(28, "No space left on device")
+
+    return save
+
+
+# ============================================================ 18.3 / 23.7: atomic checkpoints
+
+
+def test_failed_write_keeps_the_previous_file_and_leaves_no_partial_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save_atomic({"step": 1, "w": torch.ones(3)}, tmp_path / "last.ckpt")
+    monkeypatch.setattr(torch, "save", _disk_full_after(100))
+    with pytest.raises(CheckpointWriteError, match=rf"could not write checkpoint {path} \(OSError: .*No space left on device\)"):
+        save_atomic({"step": 2, "w": torch.zeros(3)}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary or 0-byte file beside it
+
+
+@contextlib.contextmanager
+def _file_size_limit(n_bytes: int) -> Iterator[None]:
+    """Writes past ``n_bytes`` of any file fail (EFBIG), as on a full disk, wherever the writing code is."""
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_clamp_fit_writes_checkpoints_atomically_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A disk that fills while ``clamp fit`` saves: the error names the file, the previous checkpoint still resumes."""
+    run = _fit(tmp_path, "full", 10)
+    ckpts = run / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir() if not p.is_symlink()}
+    with pytest.raises(SystemExit) as exit_info, _file_size_limit(min(len(b) for b in before.values()) // 2):
+        main(["fit", "--resume", str(run), "--trainer.max_steps", "20"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"could not write checkpoint {ckpts}" in err and "File too large" in err, err
+    assert not [p for p in ckpts.iterdir() if p.name not in before and not p.is_symlink()]  # nothing half-written
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir() if not p.is_symlink()} == before
+    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 10
+    main(["fit", "--resume", str(run), "--trainer.max_steps", "20"])  # the kept checkpoint resumes
+    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 20
+
+
+def test_ensemble_checkpoints_are_written_through_the_atomic_writer() -> None:
+    import inspect
+
+    from clamp.ensemble import trainer
+
+    assert "save_atomic(" in inspect.getsource(trainer.EnsembleTrainer._save_checkpoint)
+    assert trainer.save_atomic is checkpoint_io.save_atomic
+
+
+# ============================================================ 18.5: checkpoints load with weights_only=True
+
+
+class _Payload:
+    """Pickles as a call that creates ``marker``: loading it with weights_only=False would run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_checkpoint_is_refused_in_one_line_and_runs_no_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _fit(tmp_path, "planted", 10)
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    marker = tmp_path / "code_ran"
+    ckpt["callbacks"]["planted"] = _Payload(marker)
+    torch.save(ckpt, last.resolve())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--resume", str(run), "--trainer.max_steps", "20"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"checkpoint {last}" in err[0] and "pickled objects" in err[0] and "it pickles getattr" in err[0], err
+    with pytest.raises(EnsembleError, match="pickled objects"):
+        read_checkpoint(last, run)
+    assert not marker.exists()
+
+
+def test_a_failed_summary_write_names_the_file_and_keeps_the_old_one(tmp_path: Path) -> None:
+    from clamp.run_files import write_summary
+
+    path = write_summary(tmp_path, {"final": {"x": 1.0}}, complete=True)
+    with pytest.raises(OSError, match=rf"could not write {path} \(File too large\)"), _file_size_limit(10):
+        write_summary(tmp_path, {"final": {"x": 2.0}}, complete=True)
+    assert json.loads(path.read_text())["final"] == {"x": 1.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
