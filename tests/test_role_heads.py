@@ -190,3 +190,33 @@ def test_role_in_op_arguments_and_unknown_keys() -> None:
     assert roles_module.fill_heads(spec, {"r": [1, 2]}).op["kwargs"]["head"] == [1, 2]
     with pytest.raises(ValueError, match=r"roles.r: unknown key\(s\) \['top'\]; valid keys: \['layer', 'metric', 'k'"):
         ClampCallback([], roles={"r": {"layer": 0, "metric": "task/prev_token", "top": 1}})
+
+
+def test_roles_in_an_ensemble_equal_separate_runs(reference: Path, tmp_path: Path) -> None:
+    """Members measure their own model at the step (and the reference at the start) as separate runs do."""
+    from clamp.ensemble.trainer import EnsembleTrainer, LoopSettings, Member
+
+    def clamp() -> ClampCallback:
+        return ClampCallback(
+            [{"name": "a", "site": "layer0.head{prev}.z", "op": {"kind": "zero"}}, {"name": "b", "site": "layer1.head{ind}.z", "op": {"kind": "zero"}}],
+            roles={"prev": {"layer": 0, "metric": "task/prev_token", "at_step": 2, "k": 2, **PROBE},
+                   "ind": {"layer": 1, "metric": "task/induction_strength", "reference": str(reference), "complement": True, **PROBE}},
+        )
+
+    members, separate = [], []
+    for seed in (0, 1):
+        dm = bursty_datamodule(seed)
+        members.append(Member(module(dm, seed), dm, [clamp()], None, tmp_path / f"e{seed}", checkpoint=False))
+        dm2, c = bursty_datamodule(seed), clamp()
+        model = module(dm2, seed)
+        trainer(tmp_path / f"s{seed}", 4, [c], val_check_interval=4).fit(model, datamodule=dm2)
+        separate.append((c, model))
+    EnsembleTrainer(members, LoopSettings(max_steps=4, val_check_interval=4)).fit()
+    for m, (c, model) in zip(members, separate):
+        ens = m.callbacks[0]
+        for name in ("prev", "ind"):
+            assert ens.roles.choices[name].heads == c.roles.choices[name].heads, name
+            assert ens.roles.choices[name].scores == pytest.approx(c.roles.choices[name].scores, abs=1e-5), name
+        assert bound_heads(ens) == bound_heads(c)
+        for a, b in zip(m.module.model.parameters(), model.model.parameters()):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -286,6 +286,10 @@ class RoleSet:
             check_metric(role, where, model, datamodule, callbacks)
             if role.reference is not None and name not in self.choices and name not in self._references:
                 path = reference_checkpoint(role.reference, seed, where)
+                built = next((ref for p, ref in self._references.values() if p == str(path)), None)
+                if built is not None:  # one copy per checkpoint, however many roles read it
+                    self._references[name] = (str(path), built)
+                    continue
                 try:
                     state, hparams = load_reference_state(path)
                     check_reference_architecture(model, hparams, str(path))
