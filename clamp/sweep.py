@@ -297,7 +297,8 @@ class ConditionRecord(Callback):
     def _write(self, trainer: L.Trainer, finished: bool) -> None:
         if not trainer.is_global_zero or not trainer.log_dir:
             return
-        write_record(Path(trainer.log_dir), {**self.record, "finished": finished, "step": trainer.global_step})
+        self._run_dir = Path(trainer.log_dir)
+        write_record(self._run_dir, {**self.record, "finished": finished, "step": trainer.global_step})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, False)
@@ -305,6 +306,14 @@ class ConditionRecord(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         done = trainer.max_steps is None or trainer.max_steps < 0 or trainer.global_step >= trainer.max_steps
         self._write(trainer, bool(done and not trainer.interrupted))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Not finished, and why (divergence, an error, a signal): a re-run resumes it instead of skipping it."""
+        from clamp.preemption import stop_reason
+
+        run_dir = getattr(self, "_run_dir", None)  # resolved at fit start: log_dir is a collective under DDP
+        if trainer.is_global_zero and run_dir:
+            write_record(run_dir, {**self.record, "finished": False, "failed": stop_reason(exception), "step": trainer.global_step})
 
 
 def write_record(run_dir: Path, record: Mapping[str, Any]) -> None:

@@ -61,6 +61,16 @@ class OptimizerConfig:
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss: the run stops instead of training NaNs to the end."""
 
+    @classmethod
+    def between(cls, since: int, step: int, lr: float) -> DivergenceError:
+        """The error for a non-finite ``train/loss`` first seen between two checks (one text for
+        ``clamp fit`` and for an ensemble's member, which stops alone)."""
+        return cls(
+            f"training diverged: train/loss became nan/inf between steps {since} and {step} "
+            f"(model.optimizer.lr={lr:g}); lower model.optimizer.lr, raise "
+            "model.optimizer.warmup_steps, or set trainer.gradient_clip_val"
+        )
+
 
 def masked_loss_and_accuracy(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and accuracy over the positions in ``batch['loss_mask']`` (computed in fp32)."""
@@ -205,11 +215,7 @@ class TrainingModule(L.LightningModule):
         step, since = self.trainer.global_step, self._last_finite_check
         self._last_finite_check = step
         if diverged:
-            raise DivergenceError(
-                f"training diverged: train/loss became nan/inf between steps {since} and {step} "
-                f"(model.optimizer.lr={self.optimizer_config.lr:g}); lower model.optimizer.lr, raise "
-                "model.optimizer.warmup_steps, or set trainer.gradient_clip_val"
-            )
+            raise DivergenceError.between(since, step, self.optimizer_config.lr)
 
     def _split_name(self, dataloader_idx: int) -> str:
         names = getattr(getattr(self.trainer, "datamodule", None), "eval_split_names", None)

@@ -4,16 +4,21 @@ named without failing their siblings, any batchable DataModule, and SIGTERM duri
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from clamp.cli import main
 from clamp.interventions import InterventionEngine
 from clamp.interventions.ops import make_op
+from clamp.sweep import load_sweep
 from models import Transformer, TransformerConfig
+from tests.test_ensemble import _sweep
 
 
 # ---------------------------------------------------------------------------------- non-finite intervention values
@@ -43,3 +48,71 @@ def test_until_on_a_nan_metric_is_an_error_naming_the_metric() -> None:
     assert engine.released == {}
     with pytest.raises(ValueError, match=r"until\.metric='val/ic/loss' is nan.*can never be decided"):
         engine.observe(12, {"val/ic/loss": torch.tensor(float("nan"))})
+
+
+# ---------------------------------------------------------------------------------- members fail alone
+def _two_members(tmp_path: Path, other: dict) -> Path:
+    """A sweep of two runs sharing one ensemble: an unclamped `none/seed0` and the condition `other`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = _sweep(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["seeds"] = [0]
+    spec["grid"] = {"clamp": {"none": {}, **other}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _clamp(*interventions: dict) -> dict:
+    return {"trainer.callbacks+": [{"class_path": "clamp.ClampCallback", "init_args": {"interventions": list(interventions)}}]}
+
+
+def _blow_up(k: float) -> dict:  # from step 7: k=1e38 makes the residual stream inf, the loss nan (k=1: a harmless twin)
+    return {"site": "layer0.resid_post", "op": {"kind": "scale", "k": k}, "schedule": {"start": 7}}
+
+
+def _run(path: Path, save_dir: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    try:
+        main(["sweep", str(path), "--save_dir", str(save_dir), "--ensemble", "2"])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_a_diverged_member_stops_alone_and_keeps_its_last_good_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The diverged member: exit 1, counted failed with `clamp fit`'s reason, its step-6 checkpoint kept
+    (not overwritten by nan weights), summary.json incomplete, condition.json failed, not skipped on a
+    re-run. Its sibling ends bitwise where it ends beside a healthy member."""
+    control = _two_members(tmp_path / "control", {"calm": _clamp(_blow_up(1.0))})
+    assert _run(control, tmp_path / "control_runs", capsys)[0] == 0
+    path = _two_members(tmp_path, {"diverge": _clamp(_blow_up(1e38))})
+    code, out = _run(path, tmp_path / "runs", capsys)
+    bad = tmp_path / "runs" / "ens" / "diverge" / "seed0"
+    assert code == 1 and "1 ran, 1 failed" in out
+    assert f"failed {bad}: run {bad}: DivergenceError: training diverged: train/loss became nan/inf between steps 6 and 8" in out
+    ckpt = torch.load(bad / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 6 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    summary = json.loads((bad / "summary.json").read_text())
+    assert summary["complete"] is False and "training diverged" in summary["stopped"]
+    record = json.loads((bad / "condition.json").read_text())
+    assert record["finished"] is False and "training diverged" in record["failed"]
+    assert [r.status() for r in load_sweep(path, str(tmp_path / "runs"))] == ["done", "resume"]
+    a, b = (torch.load(root / "ens" / "none" / "seed0" / "checkpoints" / "last.ckpt", weights_only=False) for root in (tmp_path / "runs", tmp_path / "control_runs"))
+    assert a["global_step"] == b["global_step"] == 12
+    for k, v in b["state_dict"].items():
+        assert torch.equal(a["state_dict"][k], v), k
+    assert json.loads((tmp_path / "runs" / "ens" / "none" / "seed0" / "summary.json").read_text())["complete"] is True
+
+
+def test_an_invalid_member_is_named_with_its_own_error_and_its_sibling_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _two_members(tmp_path, {"typo": _clamp({"site": "layer0.head1.zz", "op": {"kind": "zero"}})})
+    code, out = _run(path, tmp_path / "runs", capsys)
+    good, bad = (tmp_path / "runs" / "ens" / c / "seed0" for c in ("none", "typo"))
+    assert code == 1 and "1 ran, 1 failed" in out
+    failed = [ln for ln in out.splitlines() if ln.strip().startswith("failed")]
+    assert len(failed) == 1 and failed[0].strip().startswith(f"failed {bad}: run {bad}:") and "layer0.head1.zz" in failed[0], out
+    assert str(good) not in failed[0]
+    assert json.loads((good / "condition.json").read_text())["finished"] is True
+    assert torch.load(good / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
+    assert not (bad / "checkpoints").exists()

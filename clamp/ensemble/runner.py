@@ -14,6 +14,11 @@ different steps train in different ensembles, each from its own checkpoint, so n
 skips a step. A run without a checkpoint starts at step 0 (its stale event files, from an attempt
 that never checkpointed, are dropped); a checkpoint that cannot be resumed is an error naming the
 run, never a silent restart.
+
+Members fail alone: each run is built and validated (its config, callbacks, interventions, data
+module) before the ensemble is, so an invalid run is named with its own error while the valid ones
+train; a member that diverges stops alone (:mod:`clamp.ensemble.trainer`). Either way the sweep
+counts exactly those runs as failed.
 """
 
 from __future__ import annotations
@@ -77,14 +82,40 @@ def plan_ensembles(runs: Sequence[Run], size: int) -> list[list[Run]]:
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
+class MemberFailures(EnsembleError):
+    """Runs of an ensemble that failed alone (an invalid config, divergence) while the others trained."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = dict(errors)  # run folder -> its own error, one line
+        super().__init__("; ".join(self.errors.values()))
+
+
+DATA_CONTRACT = ("train_dataloader", "eval_split_names", "eval_set", "eval_batch_size")  # what the loop batches by
+
+
+def _check_datamodule(run: Run, dm: Any) -> None:
+    missing = [a for a in DATA_CONTRACT if not hasattr(dm, a)]
+    if missing:
+        raise EnsembleError(
+            f"run {run.dir}: data module {type(dm).__name__} lacks {missing}, which the ensemble loop batches by "
+            f"(as SyntheticDataModule and clamp.text.TextDataModule have them); run it without --ensemble"
+        )
+
+
 def _build_member(run: Run) -> tuple[Member, Any]:
-    """Parse and instantiate ``run.yaml`` as ``clamp fit`` would (same seed, init, data, callbacks); no fit."""
+    """Parse and instantiate ``run.yaml`` as ``clamp fit`` would (same seed, init, any data module,
+    callbacks) and validate its callbacks as ``clamp fit`` does before training; no fit."""
+    from lightning import LightningDataModule
+
     from clamp.cli import ClampCLI
     from clamp.training import TrainingModule
-    from synthetic_data.datamodule import SyntheticDataModule
 
-    cli = ClampCLI(TrainingModule, SyntheticDataModule, args=["--config", str(run.config_path)], run=False, save_config_kwargs={"overwrite": True})
+    cli = ClampCLI(
+        TrainingModule, LightningDataModule, subclass_mode_data=True, args=["--config", str(run.config_path)], run=False,
+        save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
+    )  # fmt: skip
     trainer = cli.trainer
+    _check_datamodule(run, cli.datamodule)
     unsupported = [type(cb).__name__ for cb in trainer.callbacks if not isinstance(cb, MEMBER_CALLBACKS + LOOP_CALLBACKS)]
     if unsupported:
         supported = sorted(c.__name__ for c in MEMBER_CALLBACKS + (ModelCheckpoint, LearningRateMonitor))
@@ -102,6 +133,10 @@ def _build_member(run: Run) -> tuple[Member, Any]:
         problems.append(f"max_steps={trainer.max_steps} (valid: a positive step count)")
     if problems:
         raise EnsembleError(f"run {run.dir}: the ensemble loop does not support " + "; ".join(problems))
+    for cb in trainer.callbacks:  # sites, ops, schedules, references: as `clamp fit` checks them before training
+        check = getattr(cb, "check", None)
+        if callable(check):
+            check(trainer, cli.model, cli.datamodule)
     member = Member(
         module=cli.model,
         datamodule=cli.datamodule,
@@ -136,29 +171,48 @@ def _clear_partial(run: Run) -> None:
 
 def train_ensemble(runs: Sequence[Run]) -> None:
     """Train ``runs`` as one ensemble, resuming those with a checkpoint (raises :class:`EnsembleError`
-    if they cannot share one, e.g. resume steps that differ, or a checkpoint that cannot be resumed)."""
+    if they cannot share one, e.g. resume steps that differ, or a checkpoint that cannot be resumed).
+
+    Each run is built and validated first: the valid ones train, and :class:`MemberFailures` then
+    names each invalid or diverged run with its own error."""
     resume = [run.status() == "resume" for run in runs]
     if any(resume):
         steps = {str(run.dir): resume_step(run) for run in runs}
         if len(set(steps.values())) > 1:
             raise EnsembleError(f"runs start from different steps {steps}; members of one ensemble step in lockstep: train them in separate ensembles")
+    from clamp.cli import one_line
+
+    errors: dict[str, str] = {}
+    valid: list[tuple[Run, Member, Any]] = []
     for run, res in zip(runs, resume):
-        if not res:
-            _clear_partial(run)
-    built = [_build_member(run) for run in runs]
-    for run, res, (member, _) in zip(runs, resume, built):
+        try:
+            if not res:
+                _clear_partial(run)
+            member, trainer = _build_member(run)
+        except Exception as e:  # noqa: BLE001 (an invalid member fails alone, with its own error)
+            text = one_line(e)
+            errors[str(run.dir)] = text if str(run.dir) in text else f"run {run.dir}: {text}"
+            continue
         if res:
             member.resume_from = run.last_ckpt
-    settings = [_settings(t) for _, t in built]
-    for run, s in zip(runs[1:], settings[1:]):
-        if s != settings[0]:
-            raise EnsembleError(f"run {run.dir}: trainer settings {s} differ from {runs[0].dir}: {settings[0]}")
-    EnsembleTrainer([m for m, _ in built], settings[0]).fit()
+        valid.append((run, member, trainer))
+    if valid:
+        settings = [_settings(t) for _, _, t in valid]
+        for (run, _, _), s in zip(valid[1:], settings[1:]):
+            if s != settings[0]:
+                raise EnsembleError(f"run {run.dir}: trainer settings {s} differ from {valid[0][0].dir}: {settings[0]}")
+        loop = EnsembleTrainer([m for _, m, _ in valid], settings[0])
+        loop.fit()
+        errors.update({str(valid[i][0].dir): f"run {valid[i][0].dir}: {why}" for i, why in loop.stopped.items()})
+    if errors:
+        raise MemberFailures(errors)
 
 
 def _train_group(runs: list[Run]) -> list[tuple[Run, str | None]]:
     try:
         train_ensemble(runs)
+    except MemberFailures as e:  # the others trained
+        return [(run, e.errors.get(str(run.dir))) for run in runs]
     except Exception as e:  # noqa: BLE001 (one failed ensemble must not stop the sweep)
         return [(run, f"{type(e).__name__}: {e}") for run in runs]
     return [(run, None) for run in runs]
@@ -170,7 +224,7 @@ def _train_group_subprocess(runs: list[Run]) -> list[tuple[Run, str | None]]:
     cmd = [sys.executable, "-m", "clamp.ensemble.runner", runs[0].sweep_file, "--save_dir", str(runs[0].dir.parents[2]), *(str(r.dir) for r in runs)]
     with log.open("a") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    return [(run, None if rc == 0 else f"ensemble exit status {rc} (see {log})") for run in runs]
+    return [(run, None if rc == 0 or run.status() == "done" else f"ensemble exit status {rc} (see {log})") for run in runs]
 
 
 def run_ensembles(runs: Sequence[Run], size: int, jobs: int = 1) -> Iterator[tuple[Run, str | None]]:
@@ -194,6 +248,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"run folders {sorted(dirs - {str(r.dir) for r in runs})} are not in sweep {sweep}")
     try:
         train_ensemble(runs)
+    except MemberFailures as e:  # the others finished (condition.json says which)
+        for err in e.errors.values():
+            print(f"failed: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     except SIGTERMException:  # checkpointed at the step the signal arrived; exit as `clamp fit` does
         raise SystemExit(128 + int(received_signal() or signal.SIGTERM)) from None
 
