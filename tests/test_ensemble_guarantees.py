@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,7 @@ from clamp.interventions import InterventionEngine
 from clamp.interventions.ops import make_op
 from clamp.sweep import load_sweep
 from models import Transformer, TransformerConfig
+from synthetic_data.base import TaskSpec
 from tests.test_ensemble import _sweep
 
 
@@ -116,3 +118,62 @@ def test_an_invalid_member_is_named_with_its_own_error_and_its_sibling_trains(tm
     assert json.loads((good / "condition.json").read_text())["finished"] is True
     assert torch.load(good / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
     assert not (bad / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------- any batchable DataModule
+def test_text_datamodule_ensembles_equal_separate_runs(tmp_path: Path) -> None:
+    """The member builder parses `data` as `clamp fit` does (any DataModule), so a TextDataModule sweep
+    trains as an ensemble, each member as its separate run does (within the ensemble's float tolerance)."""
+    from tests.test_text_data import corpus
+
+    (tmp_path / "corpus.txt").write_text("\n\n".join(corpus()))
+    base = {
+        "model": {"transformer": {"n_layers": 2, "n_heads": 2, "d_model": 16, "attn_only": True}, "optimizer": {"lr": 0.003}},
+        "data": {
+            "class_path": "clamp.text.TextDataModule",
+            "init_args": {"path": str(tmp_path / "corpus.txt"), "n_ctx": 16, "batch_size": 4, "vocab_size": 300, "eval_size": 8, "eval_batch_size": 8, "cache_dir": str(tmp_path / "cache")},
+        },
+        "trainer": {
+            "max_steps": 6, "val_check_interval": 3, "check_val_every_n_epoch": None, "log_every_n_steps": 3, "accelerator": "cpu",
+            "enable_progress_bar": False, "enable_model_summary": False,
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}],
+        },
+    }  # fmt: skip
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    clamp = {"class_path": "clamp.ClampCallback", "init_args": {"interventions": [{"site": "layer0.head1.z", "op": {"kind": "zero"}}]}}
+    sweep = {"experiment": "text", "base": "base.yaml", "seeds": [0, 1], "grid": {"clamp": {"none": {}, "zero": {"trainer.callbacks+": [clamp]}}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    main(["sweep", str(tmp_path / "sweep.yaml"), "--save_dir", str(tmp_path / "separate")])
+    main(["sweep", str(tmp_path / "sweep.yaml"), "--save_dir", str(tmp_path / "ensemble"), "--ensemble", "4"])
+    for cond in ("none", "zero"):
+        for seed in (0, 1):
+            a_dir, b_dir = (tmp_path / root / "text" / cond / f"seed{seed}" for root in ("separate", "ensemble"))
+            a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False) for d in (a_dir, b_dir))
+            assert b["global_step"] == 6 and json.loads((b_dir / "condition.json").read_text())["finished"]
+            for k, v in a["state_dict"].items():
+                torch.testing.assert_close(b["state_dict"][k], v, atol=2e-5, rtol=1e-4, msg=k)
+            assert (b_dir / "tokenizer").exists()  # the data module's own set-up ran (it copies the tokenizer into the run)
+
+
+def test_a_datamodule_the_loop_cannot_batch_is_refused_by_name_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = {
+        "model": {"transformer": {"n_layers": 1, "n_heads": 2, "d_model": 16}},
+        "data": {"class_path": "tests.test_ensemble_guarantees.PlainDataModule"},
+        "trainer": {"max_steps": 4, "val_check_interval": 2, "check_val_every_n_epoch": None, "enable_progress_bar": False},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"experiment": "plain", "base": "base.yaml", "seeds": [0, 1]}))
+    code, out = _run(tmp_path / "sweep.yaml", tmp_path / "runs", capsys)
+    assert code == 1 and "usage:" not in out and "0 ran, 2 failed" in out, out
+    failed = [ln for ln in out.splitlines() if ln.strip().startswith("failed")]
+    want = "data module PlainDataModule lacks ['eval_split_names', 'eval_set', 'eval_batch_size'], which the ensemble loop batches by"
+    assert len(failed) == 2 and all(want in ln and ln.endswith("run it without --ensemble") for ln in failed), out
+
+
+class PlainDataModule(L.LightningDataModule):
+    """A DataModule without the eval contract the ensemble loop batches by (stands in for any such class)."""
+
+    spec = TaskSpec(d_vocab=8, n_ctx=6)
+
+    def train_dataloader(self) -> list:
+        return []
