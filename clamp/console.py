@@ -132,7 +132,8 @@ def run_summary_text(run_dir: Path, summary: dict[str, Any] | None, fallback_met
         lines += [f"  {k:<34} {v:.4g}" for k, v in head]
     if summary is not None:
         phases = summary.get("phase_changes") or {}
-        main = [(c, pc) for c, pc in phases.items() if pc and c.startswith(HEADLINE_PREFIXES)]
+        every = summary.get("phase_changes_all") or {c: [pc] for c, pc in phases.items() if pc}  # older summaries: one per curve
+        main = [(c, pc) for c, found in every.items() if c.startswith(HEADLINE_PREFIXES) for pc in found]
         lines += ["", "phase changes (logistic fit; see clamp.metrics.phase):"]
         lines += [_phase_line(c, pc) for c, pc in main] or ["  none detected in val/* or train/loss"]
         tops = summary.get("top_heads") or {}

@@ -298,3 +298,55 @@ def test_monotone_pruning_changes_no_result(seed: int, monkeypatch: pytest.Monke
     with_bound = [detect_phase_change(t, y, scale=1.0) for y in curves]
     monkeypatch.setattr(phase, "_monotone_rss", lambda y, direction: 0.0)
     assert [detect_phase_change(t, y, scale=1.0) for y in curves] == with_bound
+
+
+def _two_phase_loss(t: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Initial transient -> plateau -> drop near 450 -> plateau -> a second, smaller drop near 3300."""
+    rng = np.random.default_rng(seed)
+    first = 0.8 / (1 + np.exp((t - 450.0) / 25.0))
+    second = 0.15 / (1 + np.exp((t - 3300.0) / 40.0))
+    return 0.04 + 1.5 * np.exp(-t / 40.0) + first + second + rng.normal(0, 0.01, t.size)
+
+
+def test_extending_a_curve_keeps_every_phase_change_it_had_found() -> None:
+    """A run resumed 3000 -> 4000 steps: each prefix's phase changes are the first ones of the longer curve, unmoved."""
+    from clamp.metrics.phase import phase_change_of, phase_changes_of
+
+    t = np.arange(0, 4001, 20.0)
+    y = _two_phase_loss(t)
+    full = phase_changes_of("val/ic/loss", t, y)
+    assert len(full) == 2, full  # both drops, in time order
+    assert abs(full[0].midpoint - 450) < 40 and abs(full[1].midpoint - 3300) < 60, full
+    for n in range(8, t.size + 1, 16):
+        prefix = phase_changes_of("val/ic/loss", t[:n], y[:n])
+        assert prefix == full[: len(prefix)], n
+        if t[n - 1] >= 1000:
+            assert prefix and prefix[0] == full[0]
+    assert phase_change_of("val/ic/loss", t[t <= 3000], y[t <= 3000]) == full[0] == phase_change_of("val/ic/loss", t, y)  # the largest
+
+
+def test_every_phase_change_has_its_midpoint_inside_its_window_and_a_steady_trend_has_none() -> None:
+    from clamp.metrics.phase import phase_changes_of
+
+    t = np.arange(0, 3001, 50.0)
+    steps = 0.1 + 0.4 * (t > 1020) + 0.4 * (t > 2020)  # two clean steps between probes
+    found = phase_changes_of("task/induction/L1H3", t, steps)
+    assert len(found) == 2 and 1000 <= found[0].midpoint <= 1050 and 2000 <= found[1].midpoint <= 2050, found
+    for pc in found:
+        lo, hi = (float(x) for x in pc.method.split("window ")[1].rstrip(")").split("-"))
+        assert lo < pc.onset < pc.midpoint < pc.end < hi
+    rng = np.random.default_rng(1)
+    trend = 3.0 + 2.5 * np.sqrt(t / 3000) + rng.normal(0, 0.02, t.size)  # a steady concave rise: a trend
+    assert phase_changes_of("val/iw/loss", t, trend) == []
+    assert phase_changes_of("val/iw/acc", t, rng.binomial(1024, 1 / 32, t.size) / 1024) == []
+
+
+def test_phase_change_table_lists_every_change_main_curves_first_in_time_order() -> None:
+    from clamp.metrics.callback import _markdown_table
+
+    pc = lambda mid: {"onset": mid - 10, "midpoint": mid, "end": mid + 10, "before": 1.0, "after": 0.0}  # noqa: E731
+    table = _markdown_table({"task/induction/L1H0": [pc(100)], "val/ic/loss": [pc(900), pc(2000)], "val/ic/acc": [pc(450)], "train/loss": []})
+    curves = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    mids = [float(line.split("|")[3]) for line in table.splitlines()[2:]]
+    assert curves == ["val/ic/acc", "val/ic/loss", "val/ic/loss", "task/induction/L1H0"] and mids == [450, 900, 2000, 100]
+    assert _markdown_table({"val/ic/acc": []}) == "no phase change detected"

@@ -25,7 +25,9 @@ to ``trainer.callback_metrics`` (rank 0), and so does any per-head scalar a call
 Lightning deep-copies ``callback_metrics`` at each checkpoint, which cost ~20 ms a checkpoint for the
 ~300 per-head scalars of the default model (every probe value is in ``history`` and TensorBoard). Curve history is
 checkpointed; at the end of fit, phase changes of the main curves and every per-head curve are
-detected and written to TensorBoard and ``summary.json`` (also written, marked incomplete, when
+detected (every one, by a causal scan that a longer run cannot undo: ``summary.json``'s
+``phase_changes_all``; ``phase_changes`` keeps each curve's largest) and written to TensorBoard and
+``summary.json`` (also written, marked incomplete, when
 fit stops on an exception or a signal). Active clamps (``ClampCallback``) apply to probes as they
 do in validation.
 
@@ -54,7 +56,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from clamp.interventions.engine import InterventionEngine, intervene
 from clamp.metrics import curves, heads
 from clamp.metrics.ablation import ablation_importance
-from clamp.metrics.phase import curve_scale, phase_change_of
+from clamp.metrics.phase import curve_scale, main_phase_change, phase_changes_of
 from clamp.metrics.probes import needle_batch, text_span_needles
 from clamp.metrics.tb import add_images, custom_scalar_layout, head_scalars, heatmap_image, log_scalars
 from clamp.preemption import stop_reason
@@ -467,7 +469,7 @@ class EmergenceCallback(Callback):
         for logger in trainer.loggers:  # phase changes: the HParams metrics and one text table, not a chart per number
             logger.log_metrics(self._final_hp_metrics(trainer, summary), step=trainer.global_step)
         for tb in self._tensorboards(trainer):
-            tb.add_text("phase_changes", _markdown_table(summary["phase_changes"]), trainer.global_step)
+            tb.add_text("phase_changes", _markdown_table(summary["phase_changes_all"]), trainer.global_step)
         if self._log_dir:
             write_summary(self._log_dir, summary, complete=not trainer.interrupted)
 
@@ -491,11 +493,14 @@ class EmergenceCallback(Callback):
 
     def summarize(self, trainer: L.Trainer | None = None) -> dict[str, Any]:
         """Phase changes of the main and per-head curves, final values and top heads (``summary.json``)."""
-        phases = {}
+        every: dict[str, list[dict[str, Any]]] = {}
+        phases: dict[str, dict[str, Any] | None] = {}
         for curve in self._phase_curves():
             points = [(s, v) for s, v in self.history[curve] if math.isfinite(v)]  # a diverged run's NaNs are no curve
-            pc = phase_change_of(curve, np.asarray([p[0] for p in points], float), np.asarray([p[1] for p in points], float)) if len(points) >= 2 else None
-            phases[curve] = pc.to_dict() if pc else None
+            found = phase_changes_of(curve, np.asarray([p[0] for p in points], float), np.asarray([p[1] for p in points], float)) if len(points) >= 2 else []
+            every[curve] = [pc.to_dict() for pc in found]
+            main = main_phase_change(found)
+            phases[curve] = main.to_dict() if main else None
         top = {}
         for name, s in sorted(self.last_heads.items()):
             flat = [(float(v), l, h) for (l, h), v in np.ndenumerate(s) if math.isfinite(float(v))]
@@ -507,6 +512,7 @@ class EmergenceCallback(Callback):
             "step": trainer.global_step if trainer else None,
             "sequences_per_step": self.sequences_per_step,
             "phase_changes": phases,
+            "phase_changes_all": every,
             "learning_speed": self.learning_speed(trainer),
             "final": final,
             "top_heads": top,
@@ -578,9 +584,10 @@ def _describe(item: Mapping[str, Any]) -> str:
     return f"{item['site']}:{item['op'].get('kind')}@{window}{extra}"
 
 
-def _markdown_table(phases: Mapping[str, Mapping[str, Any] | None]) -> str:
-    rows = ["| curve | onset | midpoint | end | before -> after |", "|---|---|---|---|---|"]
-    for curve, pc in phases.items():
-        if pc:
-            rows.append(f"| {curve} | {pc['onset']:.0f} | {pc['midpoint']:.0f} | {pc['end']:.0f} | {pc['before']:.3g} -> {pc['after']:.3g} |")
-    return "\n".join(rows) if len(rows) > 2 else "no phase change detected"
+def _markdown_table(phases: Mapping[str, list[Mapping[str, Any]]]) -> str:
+    """Every phase change, the main curves (``val/*``, ``train/loss``, ``curves/*``) first, each group in time order."""
+    rows = [(not curve.startswith(("val/", "train/", "curves/")), pc["midpoint"], curve, pc) for curve, found in phases.items() for pc in found]
+    lines = ["| curve | onset | midpoint | end | before -> after |", "|---|---|---|---|---|"]
+    for _, _, curve, pc in sorted(rows, key=lambda r: r[:3]):
+        lines.append(f"| {curve} | {pc['onset']:.0f} | {pc['midpoint']:.0f} | {pc['end']:.0f} | {pc['before']:.3g} -> {pc['after']:.3g} |")
+    return "\n".join(lines) if len(lines) > 2 else "no phase change detected"

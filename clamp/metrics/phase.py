@@ -1,4 +1,4 @@
-"""Phase-change detection: find one abrupt rise or drop in a logged training curve.
+"""Phase-change detection: find the abrupt rises and drops of a logged training curve.
 
 Method
 ------
@@ -51,8 +51,10 @@ A fit is reported only if it is a *phase change*, otherwise ``None`` is returned
   A slow linear ramp over the whole range therefore returns ``None`` (it is a trend, not a
   phase change); crop the curve to the window of interest if a wide transition matters.
 
-Limits: one transition per call (the one that best fits a single sigmoid; with several, crop the
-curve or call per window). When the whole curve fails the tests above (typically a loss curve
+Limits: :func:`detect_phase_change` finds one transition per call (the one that best fits a single
+sigmoid), and which one can depend on where the curve ends. :func:`detect_phase_changes` (and
+:func:`phase_changes_of`, what summary.json and TensorBoard use) finds every one with a causal scan,
+so that extending a curve never erases or moves a transition it had found. When the whole curve fails the tests above (typically a loss curve
 whose initial transient runs into the phase change, leaving no flat plateau before it), the fit is
 retried on a grid of windows of the curve (each at least 20 % of the span), and the largest
 significant jump is reported; its ``method`` names the window.
@@ -323,9 +325,15 @@ def detect_phase_change(
     if scale is not None and not scale > 0:
         raise ValueError(f"scale must be > 0 (the range of the quantity), got {scale}")
     floor = _jump_floor(y, scale) if min_jump is None and y.size else 0.0
+    return _detect_windowed(t, y, direction, min_jump, floor)[0]
+
+
+def _detect_windowed(t: np.ndarray, y: np.ndarray, direction: Direction, min_jump: float | None, floor: float) -> tuple[PhaseChange | None, int]:
+    """The whole-curve fit, else the largest significant jump over windows of the curve; with the
+    index of the first point of the window it was found on."""
     found = _detect(t, y, direction, min_jump, floor)
     if found is not None or t.size < 2 * MIN_POINTS:
-        return found
+        return found, 0
     candidates = []
     t0, span = t[0], t[-1] - t[0]
     for a in WINDOW_STARTS:
@@ -338,8 +346,84 @@ def detect_phase_change(
             pc = _detect(t[keep], y[keep], direction, min_jump, floor)
             if pc is not None:
                 window = f"{METHOD} (window {t[keep][0]:g}-{t[keep][-1]:g})"
-                candidates.append(PhaseChange(**{**pc.to_dict(), "method": window}))
-    return max(candidates, key=lambda pc: abs(pc.jump), default=None)
+                candidates.append((PhaseChange(**{**pc.to_dict(), "method": window}), int(np.argmax(keep))))
+    return max(candidates, key=lambda c: abs(c[0].jump), default=(None, 0))
+
+
+SCAN_STRIDE = 8  # the causal scan checks again after every max(1, n / SCAN_STRIDE) new points of a search ...
+TRACK_STRIDE = 8  # ... and, while a found transition settles, after every max(1, n / TRACK_STRIDE) new points
+
+
+def detect_phase_changes(
+    steps: ArrayLike,
+    values: ArrayLike,
+    *,
+    direction: Direction = "auto",
+    min_jump: float | None = None,
+    scale: float | None = None,
+) -> list[PhaseChange]:
+    """Every settled phase change of a curve, in time order, found by a causal scan: extending the
+    curve (a resumed run) keeps every one found before, unmoved.
+
+    The scan reads the curve as training writes it. At check points ``end`` (after every
+    ``max(1, n // SCAN_STRIDE)`` new points, ``n`` the points searched so far) it runs
+    :func:`detect_phase_change` on the points ``[origin, end)``, with the noise and scale floor of
+    the points up to ``end`` only. A transition found there is frozen once it has *settled*: the
+    curve has gone on past its ``end`` for at least its ``width`` and ``MIN_POINTS // 2`` points;
+    the search then starts again from that ``end``. Every check reads only points before it, so the
+    result for a prefix of a curve is a prefix of the result for the whole curve; a transition still
+    settling at the last point is not reported yet. The plateau-support constraint keeps every
+    midpoint at least ``max(3, 2 %)`` points inside its window, so no fit sits on a window's edge.
+    """
+    if direction not in ("auto", "rise", "drop"):
+        raise ValueError(f"direction must be 'auto', 'rise' or 'drop', got {direction!r}")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"scale must be > 0 (the range of the quantity), got {scale}")
+    t, y = _clean(steps, values)
+    found: list[PhaseChange] = []
+    origin, end, track = 0, MIN_POINTS, None  # track: start of the window holding a transition still settling
+    while end <= t.size:
+        floor = _jump_floor(y[:end], scale) if min_jump is None else 0.0
+        pc = _detect(t[track:end], y[track:end], direction, min_jump, floor) if track is not None else None
+        if pc is not None:
+            pc = PhaseChange(**{**pc.to_dict(), "method": f"{METHOD} (window {t[track]:g}-{t[end - 1]:g})"})
+        else:  # no transition being tracked (or it faded as the window grew): search the whole segment
+            track = None
+            pc, lo = _detect_windowed(t[origin:end], y[origin:end], direction, min_jump, floor)
+            if pc is None:
+                end += max(1, (end - origin) // SCAN_STRIDE)
+                continue
+            track = origin + lo
+            pc = PhaseChange(**{**pc.to_dict(), "method": f"{METHOD} (window {t[track]:g}-{t[end - 1]:g})"})
+        settled = t[end - 1] - pc.end >= pc.width and int(np.sum(t[:end] > pc.end)) >= MIN_POINTS // 2
+        if not (settled and _flat_plateaus(t[track:end], y[track:end], pc)):
+            end += max(1, (end - track) // TRACK_STRIDE)  # follow it until its after-plateau is as long as the transition
+            continue
+        found.append(pc)
+        origin, track = int(np.searchsorted(t, pc.end, side="left")), None
+        end = max(end, origin + MIN_POINTS)
+    return found
+
+
+PLATEAU_DRIFT = 0.5  # a plateau may drift by at most this fraction of the jump over one transition width
+
+
+def _drift(t: np.ndarray, y: np.ndarray) -> float:
+    """How far a least-squares line through the points moves over their span (0 for fewer than 3)."""
+    if t.size < 3 or t[-1] <= t[0]:
+        return 0.0
+    dt = t - t.mean()
+    return abs(float(dt @ (y - y.mean())) / float(dt @ dt)) * float(t[-1] - t[0])
+
+
+def _flat_plateaus(t: np.ndarray, y: np.ndarray, pc: PhaseChange) -> bool:
+    """Whether the curve is level for one ``width`` before ``onset`` and after ``end``: a transition
+    between plateaus, not a bend of a steady trend (which short windows otherwise cut into steps)."""
+    w = max(pc.width, 0.0)
+    before = (t >= pc.onset - w) & (t <= pc.onset)
+    after = (t >= pc.end) & (t <= pc.end + w)
+    limit = PLATEAU_DRIFT * abs(pc.jump)
+    return _drift(t[before], y[before]) <= limit and _drift(t[after], y[after]) <= limit
 
 
 def _jump_floor(y: np.ndarray, scale: float | None) -> float:
@@ -422,6 +506,18 @@ def curve_scale(tag: str) -> float | None:
     return 1.0 if any(fnmatchcase(tag, p) for p in UNIT_RANGE_TAGS) else None
 
 
+def phase_changes_of(tag: str, steps: ArrayLike, values: ArrayLike) -> list[PhaseChange]:
+    """Every phase change of the logged curve ``tag``, in time order (:func:`detect_phase_changes`):
+    the one definition summary.json, TensorBoard and reports use."""
+    return detect_phase_changes(steps, values, scale=curve_scale(tag))
+
+
 def phase_change_of(tag: str, steps: ArrayLike, values: ArrayLike) -> PhaseChange | None:
-    """The phase change of the logged curve ``tag``: the one definition summary.json, TensorBoard and reports use."""
-    return detect_phase_change(steps, values, scale=curve_scale(tag))
+    """The main phase change of the logged curve ``tag``: the largest jump of :func:`phase_changes_of`
+    (None if it has none). A longer run keeps every one found; it can only make a larger, later one the main."""
+    return main_phase_change(phase_changes_of(tag, steps, values))
+
+
+def main_phase_change(found: Sequence[PhaseChange]) -> PhaseChange | None:
+    """The largest jump of a curve's phase changes (the earliest of equals); None for none."""
+    return max(found, key=lambda pc: abs(pc.jump), default=None)
