@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from clamp.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from clamp.console import ProgressLines, StepProgressBar, print_run_summary
 from clamp.preemption import GracefulStop, received_signal
+from clamp.resume import check_resume
 from clamp.runs import find_checkpoint, run_dir_of
 from clamp.training import TrainingModule
 
@@ -133,11 +134,26 @@ class ClampCLI(LightningCLI):
                 _continue_in(logger.init_args, run_dir_of(ckpt), ckpt)
             if self.subcommand == "fit":
                 _check_time_budget(cfg.trainer.max_time, ckpt)
+        if self.subcommand == "fit" and cfg.ckpt_path:
+            self._check_resume_config(cfg, Path(cfg.ckpt_path))
         if self.subcommand == "validate":  # evaluating a checkpoint prints its metrics; it writes no run folder or file
             if not cfg.resume:
                 raise ConfigError("validate needs a trained model: clamp validate --resume runs/<experiment>/version_<N>")
             cfg.trainer.logger = False
             self.save_config_callback = None
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's CLI would replace the given model section by the checkpoint's hyper-parameters, so
+        an edited config resumed with ``--ckpt_path`` trained on with the old settings while recording the
+        new ones; clamp compares the two instead (:mod:`clamp.resume`) and refuses a different experiment."""
+
+    def _check_resume_config(self, cfg: Any, ckpt: Path) -> None:
+        """The config given against the run's ``config.yaml`` (the one rule of :func:`clamp.resume.check_resume`)."""
+        saved = run_dir_of(ckpt) / "config.yaml"
+        if not saved.is_file():  # a checkpoint outside a run folder: its hyper-parameters are checked in _run_subcommand
+            return
+        given = yaml.safe_load(self._parser(self.subcommand).dump(cfg, skip_none=False))
+        check_resume(yaml.safe_load(saved.read_text()), given, run_dir_of(ckpt), f"{saved.name} ({saved})", error=ConfigError)
 
     def instantiate_trainer(self, **kwargs: Any):  # noqa: ANN201 (Trainer)
         """The configured trainer plus clamp's terminal output: a step bar on a terminal, plain lines otherwise."""
@@ -154,6 +170,11 @@ class ClampCLI(LightningCLI):
         print_run_summary(self.trainer)
 
     def _run_subcommand(self, subcommand: str) -> None:
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
+        if ckpt and Path(ckpt).is_file():  # the model built from the config against the one the checkpoint was trained as
+            hparams = load_checkpoint(ckpt, mmap=True).get("hyper_parameters")
+            if hparams is not None:
+                check_resume({"model": dict(hparams)}, {"model": dict(self.model.hparams)}, run_dir_of(ckpt), f"checkpoint {ckpt}", error=ConfigError)
         # validate every callback against the instantiated model before anything touches the run
         # folder (the logger creates it lazily, at the start of fit)
         for cb in self.trainer.callbacks:
@@ -297,6 +318,10 @@ def one_line(e: BaseException) -> str:
         return type(e).__name__
     if len(raw) == 1:
         return raw[0].strip()
+    if raw[0].startswith("Does not validate against any of the Union subtypes"):  # e.g. data's class raised: its reason, not the Namespace dump
+        reasons = [ln.strip()[2:] for ln in raw if ln.strip().startswith("- ") and not ln.strip().startswith("- Expected a <class 'NoneType'>")]
+        if reasons:
+            return "; ".join(reasons)
     if not type(e).__name__.endswith("ArgumentError"):  # e.g. "unknown site ...; valid sites are:\n  a\n  b"
         return f"{raw[0].strip()} {', '.join(' '.join(ln.split()) for ln in raw[1:])}"
     indent = [len(ln) - len(ln.lstrip(" -")) for ln in raw]

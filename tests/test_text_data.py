@@ -128,3 +128,46 @@ def test_a_missing_local_file_fails_at_once_instead_of_asking_the_hub(tmp_path: 
         TextDataModule(path=str(tmp_path / "missing.txt"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         TextDataModule(path="data/missing.jsonl", cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(("content", "cause"), [(b"", "the file is empty"), (b" \n\n ", "only whitespace"), (b"abc\0\x01\x02", "binary file"), (b"caf\xe9 au lait", "not UTF-8 text .byte 0xe9 at offset 3")])
+def test_unreadable_corpus_files_fail_naming_the_file_and_the_cause(tmp_path: Path, content: bytes, cause: str) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{bad}: .*{cause}"):
+        TextDataModule(str(bad), n_ctx=16, vocab_size=300, cache_dir=str(tmp_path / "cache"))
+
+
+def test_the_cli_shows_the_data_modules_reason_not_the_union_dump() -> None:
+    from clamp.cli import one_line
+
+    wall = ValueError("Does not validate against any of the Union subtypes\nSubtypes: [A, B]\nErrors:\n  - TextDataModule.path: x.txt: the file is empty\n"
+                      "  - Expected a <class 'NoneType'>\nGiven value type: <class 'Namespace'>\nGiven value: Namespace(path='x.txt')")  # fmt: skip
+    assert one_line(wall) == "TextDataModule.path: x.txt: the file is empty"
+
+
+def test_a_missing_local_tokenizer_folder_is_not_found_not_a_bad_hub_id(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("\n\n".join(corpus(20)))
+    with pytest.raises(FileNotFoundError, match=f"not found: {tmp_path / 'no_tok'}"):
+        TextDataModule(str(tmp_path / "a.txt"), n_ctx=16, tokenizer=str(tmp_path / "no_tok"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_the_token_cache_is_keyed_by_content_and_a_truncated_cache_is_rebuilt(tmp_path: Path) -> None:
+    import os
+
+    f, cache = tmp_path / "c.txt", str(tmp_path / "cache")
+    f.write_text("\n\n".join(corpus()))
+    first = TextDataModule(str(f), n_ctx=16, vocab_size=300, eval_size=8, cache_dir=cache)
+    st = f.stat()
+    f.write_text("\n\n".join(corpus(seed=1))[: st.st_size].ljust(st.st_size))  # same size, same mtime, other text
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    edited = TextDataModule(str(f), n_ctx=16, vocab_size=300, eval_size=8, cache_dir=cache)
+    assert edited.cache != first.cache and not np.array_equal(edited.tokens[:200], first.tokens[:200])
+
+    tok_file = edited.cache / "tokens.npy"
+    tok_file.write_bytes(tok_file.read_bytes()[:100])  # a kill during the first tokenization (before atomic writes)
+    with pytest.warns(UserWarning, match=f"token cache {tok_file} is unreadable"):
+        again = TextDataModule(str(f), n_ctx=16, vocab_size=300, eval_size=8, cache_dir=cache)
+    assert np.array_equal(again.tokens, edited.tokens) and np.array_equal(np.load(tok_file), edited.tokens)
+    assert not [p for p in edited.cache.iterdir() if p.name.endswith(".tmp")]  # written through a temporary file, renamed

@@ -24,6 +24,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clamp.text.corpus import check_and_hash, load_cached, save_atomic
 from clamp.text.tokenizer import TextTokenizer, load_pretrained, load_trained, train_bpe
 from synthetic_data.base import TaskSpec
 from synthetic_data.datamodule import TensorDictDataset, _rank_world
@@ -234,7 +236,11 @@ class TextDataModule(L.LightningDataModule):
         if self.files is not None:
             builder = BUILDERS[Path(self.files[0]).suffix]
             kw = {"sample_by": self.sample_by} if builder == "text" else {}
-            ds = datasets.load_dataset(builder, data_files=self.files, split="train", cache_dir=cache, streaming=streaming, **kw)
+            try:  # the Arrow cache lives in the content-keyed folder: datasets' own key is size + mtime
+                ds = datasets.load_dataset(builder, data_files=self.files, split="train", cache_dir=str(self.cache / "datasets"), streaming=streaming, **kw)
+            except datasets.exceptions.DatasetGenerationError as e:
+                cause = e.__cause__ or e.__context__ or e
+                raise ValueError(f"TextDataModule.path={self.path!r}: cannot read it as {builder}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from None
         else:
             ds = datasets.load_dataset(self.path, self.name, split=split or self.split, cache_dir=cache, streaming=streaming)
         if self.text_field not in (ds.column_names or [self.text_field]):
@@ -242,7 +248,7 @@ class TextDataModule(L.LightningDataModule):
         return ds
 
     def _key(self) -> str:
-        corpus = [(f, Path(f).stat().st_size, int(Path(f).stat().st_mtime)) for f in self.files] if self.files else [self.path, self.name, self.split]
+        corpus = check_and_hash(self.files) if self.files else [self.path, self.name, self.split]  # by content: an edit keeping size and mtime changes the key
         settings = [corpus, self.tokenizer_name, self.vocab_size, self.text_field, self.sample_by, self.seed, self.streaming]
         return hashlib.sha1(json.dumps(settings, default=str).encode()).hexdigest()[:16]
 
@@ -269,15 +275,16 @@ class TextDataModule(L.LightningDataModule):
         ds = self._load()
         self.tokenizer = self._tokenizer(lambda: ds[self.text_field])
         tok_file = self.cache / "tokens.npy"
-        if not tok_file.exists():
+        self.tokens = load_cached(tok_file)
+        if self.tokens is None:
             eos = [] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id]
             ids: list[int] = []
             for start in range(0, len(ds), 1000):
                 for doc in self.tokenizer.encode_batch(ds[start : start + 1000][self.text_field]):
                     ids.extend(doc + eos)
             dtype = np.uint16 if self.tokenizer.vocab_size <= 2**16 else np.uint32
-            np.save(tok_file, np.asarray(ids, dtype=dtype))
-        self.tokens = np.load(tok_file)
+            self.tokens = np.asarray(ids, dtype=dtype)
+            save_atomic(tok_file, self.tokens)
         n_blocks = (len(self.tokens) - 1) // self.n_ctx
         k = max(2, round(1 / self.eval_fraction))
         held = (np.arange(n_blocks) // self.eval_group) % k == k - 1
@@ -289,7 +296,12 @@ class TextDataModule(L.LightningDataModule):
         if self.tokenizer_name is not None:
             return load_pretrained(self.tokenizer_name)
         path = self.cache / "tokenizer.json"
-        return load_trained(path) if path.exists() else train_bpe(texts(), self.vocab_size, path)
+        if path.exists():
+            try:
+                return load_trained(path)
+            except Exception as e:  # noqa: BLE001 (tokenizers raises a bare Exception on a corrupt file)
+                warnings.warn(f"cached tokenizer {path} is unreadable ({str(e).splitlines()[0]}); retraining it", stacklevel=2)
+        return train_bpe(texts(), self.vocab_size, path)
 
     # ------------------------------------------------------------------ the contract
     @property

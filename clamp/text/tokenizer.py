@@ -6,6 +6,7 @@ so the DataModule never branches on where the tokenizer came from.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -44,10 +45,20 @@ class TextTokenizer:
 
 
 def load_pretrained(name_or_path: str) -> TextTokenizer:
-    """A ``transformers`` tokenizer (local directory, or a hub name on a machine that reaches it)."""
+    """A ``transformers`` tokenizer (local directory, or a hub name on a machine that reaches it).
+
+    A name that can only be a path (absolute, ``./``, ``~``, or more than one ``/``) and does not
+    exist fails as "not found" instead of transformers' "Repo id must be in the form ..."."""
     from transformers import AutoTokenizer
 
-    return TextTokenizer(AutoTokenizer.from_pretrained(name_or_path), hf=True)
+    local = Path(name_or_path).expanduser()
+    if not local.exists() and (name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1):
+        raise FileNotFoundError(f"TextDataModule.tokenizer={name_or_path!r}: not found: {local} (hub tokenizers are named like 'gpt2' or 'org/name')")
+    try:
+        return TextTokenizer(AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path), hf=True)
+    except OSError as e:
+        where = f"the folder {local}" if local.exists() else "not a local folder, and the hub"
+        raise OSError(f"TextDataModule.tokenizer={name_or_path!r}: {where} gave no tokenizer: {str(e).splitlines()[0]}") from None
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, min_frequency: int = 2) -> TextTokenizer:
@@ -59,7 +70,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, min_frequency: 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(_batches(texts), vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS], show_progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    bpe.save(str(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    bpe.save(str(tmp))
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves no half tokenizer.json behind
     return load_trained(path)
 
 
