@@ -56,6 +56,17 @@ SWEEPS = {  # the command that runs each study (as run for RESULTS.md), named on
     6: "clamp sweep experiments/singh2024/studies/study6_data.yaml --ensemble 6 --jobs 2",
     7: "clamp sweep experiments/singh2024/studies/study7_graft.yaml --ensemble 2 --jobs 2",
 }
+OMNIGLOT_STUDIES = {1: "singh2024_omniglot_s1_baseline", 3: "singh2024_omniglot_s3_single_head", 5: "singh2024_omniglot_s5_subcircuits"}
+OMNIGLOT_SWEEPS = {
+    1: "clamp sweep experiments/singh2024/studies/omniglot_s1_baseline.yaml --ensemble 5 --jobs 1",
+    3: "clamp sweep experiments/singh2024/studies/omniglot_s3_single_head.yaml --ensemble 3 --jobs 2",
+    5: "clamp sweep experiments/singh2024/studies/omniglot_s5_subcircuits.yaml --ensemble 5 --jobs 2",
+}
+BANKS = {  # the exemplar sets reported, main first
+    "omniglot": {"studies": OMNIGLOT_STUDIES, "sweeps": OMNIGLOT_SWEEPS, "prefix": "omniglot_", "heading": "Omniglot features — ",
+                 "name": "Omniglot ResNet-18 features"},
+    "gauss": {"studies": STUDIES, "sweeps": SWEEPS, "prefix": "", "heading": "Gaussian stand-in — ", "name": "the Gaussian stand-in"},
+}
 S5_LABELS = {
     "none": "none (A, B, C to learn)", "pt_1": '"1": L0H0 previous-token pattern', "layer1_12": '"1,2": A perfect (B, C to learn)',
     "match_1234": '"1,2,3qk,4": A, B perfect (only C)', "copy_35": '"3v,5": C perfect (A, B to learn)',
@@ -70,7 +81,7 @@ S5_LEFT = {"none": 3, "pt_1": 3, "layer1_12": 2, "match_1234": 1, "copy_35": 2, 
 def export(runs: Path, results: Path, analyze: bool = True) -> list[str]:
     """Copy every study run trained to its last step into ``results`` (small files only); returns notes on what was skipped."""
     notes = []
-    for exp in (*STUDIES.values(), *factor_results.EXPERIMENTS):
+    for exp in (*STUDIES.values(), *OMNIGLOT_STUDIES.values(), *factor_results.EXPERIMENTS):
         src_root = runs / exp
         if not src_root.is_dir():
             continue
@@ -91,7 +102,7 @@ def export(runs: Path, results: Path, analyze: bool = True) -> list[str]:
             for name in ("condition.json", "summary.json"):
                 if (src / name).is_file():
                     shutil.copy(src / name, dst / name)
-            if analyze and exp == STUDIES[1] and not (dst / "analysis.json").is_file():
+            if analyze and exp in (STUDIES[1], OMNIGLOT_STUDIES[1]) and not (dst / "analysis.json").is_file():
                 notes += _analyze(src, dst)
     return notes
 
@@ -237,13 +248,19 @@ def groups_figure(groups: Mapping[str, Sequence[RunData]], path: Path, title: st
 
 
 class Report:
-    def __init__(self, results: Path, figures: Path) -> None:
-        self.results, self.figures = results, figures
+    def __init__(self, results: Path, figures: Path, bank: str = "gauss") -> None:
+        """``bank``: which exemplars' studies to report (``BANKS``); figures and headings carry its name."""
+        self.results, self.figures, self.bank = results, figures, bank
+        self.studies, self.sweeps = BANKS[bank]["studies"], BANKS[bank]["sweeps"]
+        self.prefix = BANKS[bank]["prefix"]
+        self.heading = BANKS[bank]["heading"]
         self.lines: list[str] = []
         self.verdicts: list[tuple[str, str]] = []
 
     def groups(self, study: int) -> dict[str, list[RunData]]:
-        root = self.results / STUDIES[study]
+        if study not in self.studies:
+            return {}
+        root = self.results / self.studies[study]
         return load_groups([root]) if root.is_dir() and any(root.rglob("condition.json")) else {}
 
     def add(self, *lines: str) -> None:
@@ -256,16 +273,21 @@ class Report:
         self.verdicts.append((finding, text))
         self.add("", f"**Verdict ({finding}).** {text}", "")
 
-    def missing(self, study: int, command: str) -> None:
+    def missing(self, study: int, command: str | None = None) -> None:
+        if command is None and study not in self.sweeps:
+            self.add(f"_Not rerun on {BANKS[self.bank]['name']} this round; see the Gaussian stand-in's study {study} below._", "")
+            self.verdicts.append((f"study {study}", "not rerun on these exemplars"))
+            return
+        command = command or self.sweeps[study]
         self.add(f"_Not run yet._ Run `{command}`, then `python experiments/singh2024/make_results.py`.", "")
         self.verdicts.append((f"study {study}", "not run yet"))
 
     # -------------------------------------------------------------- study 1
     def study1(self) -> dict[int, np.ndarray]:
-        self.add("## Study 1 — baseline: plateau, phase change, induction heads (findings 1, 2)", "")
+        self.add(f"## {self.heading}Study 1 — baseline: plateau, phase change, induction heads (findings 1, 2)", "")
         groups = self.groups(1)
         if not groups:
-            self.missing(1, SWEEPS[1])
+            self.missing(1)
             return {}
         runs = groups["base"]
         fig = figure(12, 4.2 + 2.2 * math.ceil(len(runs) / 5))
@@ -285,8 +307,8 @@ class Report:
             a.set(title=f"seed {r.seed}: induction strength", xlabel="step", ylim=(-0.2, 1))
             a.grid(alpha=0.3)
         axes[0].legend(fontsize=6, ncol=2)
-        fig.savefig(self.figures / "study1_baseline.png")
-        self.add("![study 1](figures/study1_baseline.png)", "")
+        fig.savefig(self.figures / f"{self.prefix}study1_baseline.png")
+        self.add(f"![study 1](figures/{self.prefix}study1_baseline.png)", "")
 
         m = [run_measures(r) for r in runs]
         strengths = {r.seed: final_heads(r) for r in runs}
@@ -307,7 +329,7 @@ class Report:
 
     # -------------------------------------------------------------- study 2
     def study2(self) -> None:
-        self.add("## Study 2 — head analyses of the final baseline checkpoints (findings 2, 3)", "")
+        self.add(f"## {self.heading}Study 2 — head analyses of the final baseline checkpoints (findings 2, 3)", "")
         groups = self.groups(1)
         runs = [r for r in groups.get("base", []) if (r.dir / "analysis.json").is_file()]
         if not runs:
@@ -329,8 +351,8 @@ class Report:
         for a in (a1, a2, a3):
             a.grid(alpha=0.3)
         a1.legend(fontsize=7)
-        fig.savefig(self.figures / "study2_heads.png")
-        self.add("![study 2](figures/study2_heads.png)", "")
+        fig.savefig(self.figures / f"{self.prefix}study2_heads.png")
+        self.add(f"![study 2](figures/{self.prefix}study2_heads.png)", "")
         self.add("| seed | full acc | worst remove-one acc drop | strongest alone acc (strength) | other heads alone acc | corr(strength, keep-one acc) | mean fraction of the strongest's errors fixed by another head | add-back loss: 0, 1, 2, all heads |",
                  "|---|---|---|---|---|---|---|---|")
         worst, strongest_acc, corrs, fixed, mono = [], [], [], [], []
@@ -356,10 +378,10 @@ class Report:
 
     # -------------------------------------------------------------- study 3
     def study3(self, strengths: Mapping[int, np.ndarray]) -> None:
-        self.add("## Study 3 — one layer-1 head at a time (finding 4)", "")
+        self.add(f"## {self.heading}Study 3 — one layer-1 head at a time (finding 4)", "")
         groups = self.groups(3)
         if not groups:
-            self.missing(3, SWEEPS[3])
+            self.missing(3)
             return
         fig = figure(12, 4.5)
         a1, a2 = fig.subplots(1, 2)
@@ -381,8 +403,8 @@ class Report:
                 a2.annotate(f"H{h}", (sp, st), fontsize=8)
         a2.set(title="solo learning speed vs strength in the full model (same seed)", xlabel="steps to loss < 0.4 ln 2, head alone", ylabel="final induction strength, full model")
         a2.grid(alpha=0.3)
-        fig.savefig(self.figures / "study3_single_head.png")
-        self.add("![study 3](figures/study3_single_head.png)", "",
+        fig.savefig(self.figures / f"{self.prefix}study3_single_head.png")
+        self.add(f"![study 3](figures/{self.prefix}study3_single_head.png)", "",
                  "| head | seed | learning speed alone | final loss alone | final strength in the full model (study 1) |", "|---|---|---|---|---|")
         for h, seed, sp, st, fl in rows:
             self.add(f"| L1H{h} | {seed} | {_steps(sp)} | {fl:.3f} | {_f(st, 2)} |")
@@ -398,15 +420,15 @@ class Report:
 
     # -------------------------------------------------------------- study 4
     def study4(self) -> None:
-        self.add("## Study 4 — many-to-many wiring (finding 5)", "")
+        self.add(f"## {self.heading}Study 4 — many-to-many wiring (finding 5)", "")
         g5, g4 = self.groups(5), self.groups(4)
         groups = {k: v for k, v in (("none", g5.get("none")), ("pt_1", g5.get("pt_1")), *g4.items()) if v}
         if not g4:
-            self.missing(4, SWEEPS[4])
+            self.missing(4)
         else:
             labels = {"none": "no clamp (study 5)", "pt_1": "L0H0 perfect previous-token (study 5)", "pt_3": "L0H0-2 perfect", "pt_all": "all 8 L0 heads perfect"}
-            groups_figure(groups, self.figures / "study4_wiring.png", "Study 4: perfect previous-token patterns on 1, 3, 8 layer-0 heads (one L1 head active)", labels)
-            self.add("![study 4](figures/study4_wiring.png)", "", "| condition | n | learning speed | final loss |", "|---|---|---|---|")
+            groups_figure(groups, self.figures / f"{self.prefix}study4_wiring.png", "Study 4: perfect previous-token patterns on 1, 3, 8 layer-0 heads (one L1 head active)", labels)
+            self.add(f"![study 4](figures/{self.prefix}study4_wiring.png)", "", "| condition | n | learning speed | final loss |", "|---|---|---|---|")
             speeds = {}
             for c, runs in groups.items():
                 speeds[c] = stat([learning_speed(*curve(r)) for r in runs])
@@ -453,13 +475,13 @@ class Report:
 
     # -------------------------------------------------------------- study 5
     def study5(self) -> None:
-        self.add("## Study 5 — subcircuit clamps (finding 6)", "")
+        self.add(f"## {self.heading}Study 5 — subcircuit clamps (finding 6)", "")
         groups = self.groups(5)
         if not groups:
-            self.missing(5, SWEEPS[5])
+            self.missing(5)
         else:
-            groups_figure(groups, self.figures / "study5_subcircuits.png", "Study 5: clamps leaving 1, 2 or 3 subcircuits to learn (mean ± 1 std over seeds)", S5_LABELS, zoom=800)
-            self.add("![study 5](figures/study5_subcircuits.png)", "",
+            groups_figure(groups, self.figures / f"{self.prefix}study5_subcircuits.png", "Study 5: clamps leaving 1, 2 or 3 subcircuits to learn (mean ± 1 std over seeds)", S5_LABELS, zoom=800)
+            self.add(f"![study 5](figures/{self.prefix}study5_subcircuits.png)", "",
                      "| condition | subcircuits left | n | learning speed | steps on the ln 2 plateau | plateau share of the time to learn | final loss |", "|---|---|---|---|---|---|---|")
             shares = {}
             for c, runs in groups.items():
@@ -476,7 +498,8 @@ class Report:
                          + " | " + ", ".join("yes" if p.arrived else "no" for p in ps) + " | " + ", ".join("yes" if p.plateau_then_drop else "no" for p in ps) + " |")
             self.add("")
             self.verdict(v6)
-        self.toy()
+        if self.bank == next(iter(BANKS)):
+            self.toy()  # the toy model has no exemplars: reported once
 
     def toy(self) -> None:
         path = HERE / "toy_model.py"
@@ -501,8 +524,8 @@ class Report:
         ax.set(title="Toy model: loss / initial loss (median, IQR)", xlabel="GD step", ylabel="relative loss", yscale="log", ylim=(1e-4, 2))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        fig.savefig(self.figures / "study5_toy.png")
-        self.add("![toy](figures/study5_toy.png)", "", "| toy condition | seeds reaching 1 % of the initial loss in 1000 steps | steps to 1 % (mean ± std of those) |", "|---|---|---|")
+        fig.savefig(self.figures / f"{self.prefix}study5_toy.png")
+        self.add(f"![toy](figures/{self.prefix}study5_toy.png)", "", "| toy condition | seeds reaching 1 % of the initial loss in 1000 steps | steps to 1 % (mean ± std of those) |", "|---|---|---|")
         for name, v in half.items():
             self.add(f"| {name} | {sum(x is not None for x in v)}/{len(v)} | {fmt(stat(v), integer=True)} |")
         self.add("")
@@ -514,10 +537,10 @@ class Report:
 
     # -------------------------------------------------------------- study 6
     def study6(self) -> None:
-        self.add("## Study 6 — data-dependent timing (finding 7)", "")
+        self.add(f"## {self.heading}Study 6 — data-dependent timing (finding 7)", "")
         groups = self.groups(6)
         if not groups:
-            self.missing(6, SWEEPS[6])
+            self.missing(6)
             return
         clamps = ["B", "C", "BC", "none"]
         datas = ["c50_l5", "c200_l5", "c50_l15", "c200_l15"]
@@ -533,8 +556,8 @@ class Report:
             ax.set(title={"B": "only B (match) to learn", "C": "only C (copy)", "BC": "B and C", "none": "normal (one L1 head)"}[c],
                    xticks=range(len(datas)), ylabel="learning speed (steps)")
             ax.set_xticklabels(datas, rotation=30, fontsize=8)
-        fig.savefig(self.figures / "study6_data.png")
-        self.add("![study 6](figures/study6_data.png)", "", "| learning speed (steps) | " + " | ".join(datas) + " |", "|---|" + "---|" * len(datas))
+        fig.savefig(self.figures / f"{self.prefix}study6_data.png")
+        self.add(f"![study 6](figures/{self.prefix}study6_data.png)", "", "| learning speed (steps) | " + " | ".join(datas) + " |", "|---|" + "---|" * len(datas))
         for c in clamps:
             self.add(f"| {c} | " + " | ".join(fmt(speed[(c, d)], integer=True) if (c, d) in speed else "not run" for d in datas) + " |")
         self.add("")
@@ -563,15 +586,15 @@ class Report:
 
     # -------------------------------------------------------------- study 7
     def study7(self) -> None:
-        self.add("## Study 7 — grafted layer 0 (appendix)", "")
+        self.add(f"## {self.heading}Study 7 — grafted layer 0 (appendix)", "")
         groups = self.groups(7)
         if not groups:
-            self.missing(7, SWEEPS[7])
+            self.missing(7)
             return
         base = [r for r in self.groups(1).get("base", []) if r.seed in {r.seed for rs in groups.values() for r in rs}]
         allg = {"no graft (study 1)": base, **groups} if base else dict(groups)
-        groups_figure(allg, self.figures / "study7_graft.png", "Study 7: layer 0 grafted from trained models (seed-0 model)")
-        self.add("![study 7](figures/study7_graft.png)", "", "| condition | n | learning speed | final loss | final strength of the top L1 head |", "|---|---|---|---|---|")
+        groups_figure(allg, self.figures / f"{self.prefix}study7_graft.png", "Study 7: layer 0 grafted from trained models (seed-0 model)")
+        self.add(f"![study 7](figures/{self.prefix}study7_graft.png)", "", "| condition | n | learning speed | final loss | final strength of the top L1 head |", "|---|---|---|---|---|")
         sp = {}
         for c, runs in allg.items():
             sp[c] = stat([learning_speed(*curve(r)) for r in runs])
@@ -598,54 +621,79 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
 def write(results: Path, out: Path, notes: Sequence[str], seconds: float) -> Path:
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    rep = Report(results, figures)
-    strengths = rep.study1()
-    rep.study2()
-    rep.study3(strengths)
-    rep.study4()
-    rep.study5()
-    rep.study6()
-    rep.study7()
+    reports = {}
+    for bank in BANKS:
+        rep = Report(results, figures, bank)
+        strengths = rep.study1()
+        rep.study2()
+        rep.study3(strengths)
+        rep.study4()
+        rep.study5()
+        rep.study6()
+        rep.study7()
+        reports[bank] = rep
     cpu = _cpu_time(results)
+    findings = list(dict.fromkeys(f for rep in reports.values() for f, _ in rep.verdicts))
+    status = {bank: dict(rep.verdicts) for bank, rep in reports.items()}
+
+    def short(text: str | None) -> str:
+        if text is None:
+            return "–"
+        for word in (verdicts.NOT, verdicts.PARTLY, verdicts.REPRODUCED, "not rerun on these exemplars", "not run yet"):
+            if word in text.lower():
+                return word
+        return "see text"
+
     head = [
         "# Singh et al. 2024, reproduced with clamp — results",
         "",
         "_Generated by `python experiments/singh2024/make_results.py` from the run summaries in `experiments/singh2024/results/`; "
         "every number, figure and verdict below is computed from them. Do not edit by hand._",
         "",
-        "**Setting.** `experiments/singh2024/base.yaml` (the paper's task and model) with **Gaussian stand-in exemplars** (not Omniglot "
-        "ResNet features: held-out-class accuracy is not expected to generalise). **Time-compressed regime** "
+        "**Setting.** `experiments/singh2024/base.yaml` (the paper's task and model). Exemplars: **Omniglot ResNet-18 features** "
+        "(`omniglot.yaml`; the extractor is trained on other Omniglot characters, not ImageNet: see `omniglot/README.md`) and, "
+        "beside them, the **isotropic Gaussian stand-in** of the earlier rounds. **Time-compressed regime** "
         f"(`studies/compressed.yaml`): Adam lr 1e-4 (the paper: 1e-5) for 1/{COMPRESSION} of the paper's steps, so one step here ≈ "
-        f"{COMPRESSION} paper steps ({32 * COMPRESSION} paper sequences); why and what it changes are in that file. "
-        "Curves are the loss on the fixed 1000-sequence training-distribution eval set (`val/ic/loss`); learning speed = first eval with "
-        "loss < 0.4 ln 2 (the paper's definition); ± is the standard deviation over seeds, n the number of seeds.",
+        f"{COMPRESSION} paper steps ({32 * COMPRESSION} paper sequences). Curves are the loss on the fixed 1000-sequence "
+        "training-distribution eval set (`val/ic/loss`); learning speed = first eval with loss < 0.4 ln 2 (the paper's definition). "
+        "What makes the plateau and the abrupt drop appear is the factor study: [FACTORS_RESULTS.md](FACTORS_RESULTS.md).",
         "",
-        "| study | sweep (one command each; then this script) | planned scale | in this report |",
-        "|---|---|---|---|",
-        f"| 1 baseline | `{SWEEPS[1]}` | 5 seeds × 3,125 steps (1e6 paper sequences) | {_ran(results, 1)} |",
-        f"| 2 head analyses | this script (`clamp analyze` on study 1's last.ckpt) | 5 checkpoints × 1000 eval sequences | {len(list((results / STUDIES[1]).rglob('analysis.json'))) if (results / STUDIES[1]).is_dir() else 0} checkpoints |",
-        f"| 3 single head | `{SWEEPS[3]}` | 8 heads × seed 0 × 3,125 steps | {_ran(results, 3)} |",
-        f"| 4 wiring | `{SWEEPS[4]}` | 2 clamps × 3 seeds × 6,250 steps (+ study 5's none, pt_1) | {_ran(results, 4)} |",
-        f"| 5 subcircuits | `{SWEEPS[5]}` | 6 conditions × 3 seeds × 6,250 steps (2e6 paper sequences); toy: 10 seeds | {_ran(results, 5)} |",
-        f"| 6 data | `{SWEEPS[6]}` | 4 data × (3 clamps × 938 + normal × 6,250 steps) × 2 seeds | {_ran(results, 6)} |",
-        f"| 7 graft | `{SWEEPS[7]}` | 3 grafts × seed 0 × 3,125 steps | {_ran(results, 7)} |",
+        "## Pre-registered criteria",
         "",
-        f"Wall time per study (first run's start to last run's end, as logged; `--jobs 2`: two processes on 2 CPU cores, each an ensemble of runs; a helper's tests ran beside them at low priority): {cpu}.",
+        "Fixed before this round's reruns (`experiments/singh2024/verdicts.py`; each rule has a passing and a failing test in "
+        "`tests/test_singh2024_verdicts.py`). Each rule decides per seed, then one tally for all: **reproduced** when ≥ "
+        f"{verdicts.REPRODUCED_SHARE:.0%} of seeds pass, **not reproduced** below {verdicts.NOT_SHARE:.0%}, **partly** in between.",
+        "",
+        "| finding | the paper's claim | measure and threshold |",
+        "|---|---|---|",
+        *[f"| {f} | {claim} | {measure} |" for f, claim, measure in verdicts.CRITERIA],
         "",
         "## Verdicts",
         "",
-        *[f"- **{f}**: {t}" for f, t in rep.verdicts],
+        "| finding | " + " | ".join(BANKS[b]["name"] for b in BANKS) + " |",
+        "|---|" + "---|" * len(BANKS),
+        *[f"| {f} | " + " | ".join(short(status[b].get(f)) for b in BANKS) + " |" for f in findings],
+        "",
+    ]
+    for bank, rep in reports.items():
+        head += [f"**{BANKS[bank]['name']}:**", "", *[f"- **{f}**: {t}" for f, t in rep.verdicts], ""]
+    head += [
+        "| study | sweep (one command each; then this script) | in this report |",
+        "|---|---|---|",
+        *[f"| {k} ({BANKS[b]['name']}) | `{BANKS[b]['sweeps'][k]}` | {_ran(results, k, BANKS[b]['studies'])} |" for b in BANKS for k in sorted(BANKS[b]["sweeps"])],
+        "",
+        f"Wall time per study (first run's start to last run's end, as logged; `--jobs 2`: two processes on 2 CPU cores, each an ensemble of runs): {cpu}.",
         "",
     ]
     if notes:
         head += ["Runs not included (unfinished or skipped at export):", "", *[f"- {n}" for n in notes], ""]
-    out.write_text("\n".join(head + rep.lines) + "\n")
+    out.write_text("\n".join(head + [line for rep in reports.values() for line in rep.lines]) + "\n")
     return out
 
 
-def _ran(results: Path, study: int) -> str:
+def _ran(results: Path, study: int, studies: Mapping[int, str] = STUDIES) -> str:
     """What the report actually holds for a study: conditions × seeds and the longest run's last step."""
-    root = results / STUDIES[study]
+    root = results / studies[study]
     if not root.is_dir() or not any(root.rglob("condition.json")):
         return "not run"
     groups = load_groups([root])
@@ -664,7 +712,7 @@ def _last_step(run: RunData) -> int:
 def _cpu_time(results: Path) -> str:
     """Per study: runs, and wall time from its first run's start to its last run's end (ensemble members share a process)."""
     parts = []
-    for exp in STUDIES.values():
+    for exp in (*STUDIES.values(), *OMNIGLOT_STUDIES.values()):
         timings = [json.loads(f.read_text()) for f in (results / exp).rglob("timing.json")] if (results / exp).is_dir() else []
         timings = [t for t in timings if t]
         if timings:
