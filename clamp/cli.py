@@ -38,7 +38,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clamp.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from clamp.console import ProgressLines, StepProgressBar, print_run_summary
-from clamp.preemption import GracefulStop, received_signal
+from clamp.preemption import GracefulStop, StoppedAtEndOfFit, end_of_command, received_signal
 from clamp.resume import check_resume
 from clamp.runs import find_checkpoint, run_dir_of
 from clamp.training import TrainingModule
@@ -275,7 +275,7 @@ def _continue_in(logger_args: Any, run_dir: Path, ckpt: Path) -> None:
 def cli_main(args: list[str] | None = None, run: bool = True) -> ClampCLI:
     """Build (and by default run) the Lightning CLI (``args=None``: read ``sys.argv``)."""
     no_exit = {"exit_on_error": False}
-    return ClampCLI(
+    cli = ClampCLI(
         TrainingModule,
         L.LightningDataModule,
         subclass_mode_data=True,
@@ -286,6 +286,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ClampCLI:
         parser_kwargs={**no_exit, **{sub: dict(no_exit) for sub in TRAINER_COMMANDS}},
         trainer_defaults={"callbacks": [GracefulStop()]},
     )
+    if run:
+        end_of_command()  # a signal during the end of fit still stops the command (StoppedAtEndOfFit)
+    return cli
 
 
 def _check_config_files(args: list[str]) -> None:
@@ -462,10 +465,15 @@ def main(argv: list[str] | None = None) -> None:
         return _run(argv, args)
     try:
         _run(argv, args)
-    except SIGTERMException:
+    except SIGTERMException as e:
         sig = received_signal() or signal.SIGTERM
+        name = signal.Signals(sig).name
+        if isinstance(e, StoppedAtEndOfFit):
+            line = f"clamp: stopped by {name} during the end of fit; the run had finished: checkpoint and summary.json saved"
+        else:
+            line = f"clamp: stopped by {name}; checkpoint and summary.json (complete: false) saved"
         if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP: one line, from the launching process
-            print(f"clamp: stopped by {signal.Signals(sig).name}; checkpoint and summary.json (complete: false) saved", file=sys.stderr)
+            print(line, file=sys.stderr)
         sys.exit(128 + int(sig))
     except KeyboardInterrupt:
         print("clamp: aborted (second Ctrl+C): no checkpoint saved", file=sys.stderr)

@@ -127,3 +127,66 @@ def test_a_failed_summary_write_names_the_file_and_keeps_the_old_one(tmp_path: P
         write_summary(tmp_path, {"final": {"x": 2.0}}, complete=True)
     assert json.loads(path.read_text())["final"] == {"x": 1.0}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+# ============================================================ 18.2 / 23.2: one resume rule for every path
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_resume_refuses_a_different_experiment_naming_every_key_and_allows_safe_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _fit(tmp_path, "edited", 10)
+    config_before = (run / "config.yaml").read_text()
+    err = _one_error_line(capsys, "fit", "--resume", str(run), "--model.transformer.n_heads", "4", "--seed_everything", "1", "--model.optimizer.lr", "0.01")
+    assert f"resuming {run} with a different experiment than its config.yaml" in err
+    for change in ("model.transformer.n_heads: 2 -> 4", "seed_everything: 0 -> 1", "model.optimizer.lr: 0.001 -> 0.01"):
+        assert change in err, err
+    assert "trainer.max_steps" in err  # says what may change
+    assert (run / "config.yaml").read_text() == config_before  # nothing rewritten
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 10
+    # --config X --ckpt_path FILE: the same rule (Lightning's CLI would have swapped in the checkpoint's model)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(config_before.replace("lr: 0.001", "lr: 0.01"))
+    err = _one_error_line(capsys, "fit", "--config", str(edited), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    assert "model.optimizer.lr: 0.001 -> 0.01" in err and "n_heads" not in err
+    # safe changes train on
+    main(["fit", "--resume", str(run), "--trainer.max_steps", "20", "--trainer.log_every_n_steps", "5"])
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 20
+
+
+def test_a_checkpoint_outside_its_run_folder_is_checked_against_its_hyper_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _fit(tmp_path, "moved", 10)
+    moved = tmp_path / "elsewhere.ckpt"
+    moved.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    edited = tmp_path / "edited.yaml"
+    edited.write_text((run / "config.yaml").read_text().replace("lr: 0.001", "lr: 0.01"))
+    err = _one_error_line(capsys, "fit", "--config", str(edited), "--ckpt_path", str(moved))
+    assert f"than its checkpoint {moved}" in err and "model.optimizer.lr: 0.001 -> 0.01" in err
+
+
+def test_a_sweep_resumed_after_its_file_was_edited_refuses_the_new_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_sweep import _sweep
+
+    path = _sweep(tmp_path, seeds=1, **{"model.optimizer.lr": 0.003})
+    main(["sweep", str(path)])
+    run = tmp_path / "runs" / "study" / "default" / "seed0"
+    if not run.is_dir():
+        run = next((tmp_path / "runs" / "study").glob("*/seed0"))
+    rec_path = run / "condition.json"
+    rec_path.write_text(json.dumps({**json.loads(rec_path.read_text()), "finished": False}))  # killed after its last checkpoint
+    path.write_text(path.read_text().replace("model.optimizer.lr: 0.003", "model.optimizer.lr: 0.03"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["sweep", str(path)])
+    out = capsys.readouterr()
+    assert "model.optimizer.lr: 0.003 -> 0.03" in out.out + out.err
+    assert json.loads(rec_path.read_text())["finished"] is False
+    assert "lr: 0.003" in (run / "config.yaml").read_text()
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["hyper_parameters"]["optimizer"]["lr"] == 0.003
