@@ -72,6 +72,21 @@ HEAD_METRICS_FOR_PHASE = (
 
 
 _PER_HEAD = re.compile(r"/L\d+H\d+$")  # the tags of head_scalars
+DETAILS = ("summary", "heads", "full")
+SUMMARY_HEAD_METRICS = ("task/label_to_exemplar", "task/query_to_match")  # per head even at detail='summary'
+
+
+def _shown(tag: str, detail: str) -> bool:
+    """Whether a probe scalar goes to TensorBoard at this ``detail`` (see ``EmergenceCallback``)."""
+    if detail == "full":
+        return True
+    if "/loss_pos/" in tag:
+        return False
+    if detail == "heads":
+        return True
+    if tag.endswith("/median"):
+        return False
+    return not _PER_HEAD.search(tag) or tag.rsplit("/", 1)[0] in SUMMARY_HEAD_METRICS
 
 
 def _random_tokens(rng: np.random.Generator, n: int, t: int, vocab: int) -> dict[str, torch.Tensor]:
@@ -115,6 +130,11 @@ class EmergenceCallback(Callback):
         learning_speed_threshold: summary.json's ``learning_speed`` is the first evaluation at which
             ``learning_speed_curve`` falls below this (Singh et al. 2024: 0.4 ln 2).
         learning_speed_curve: default ``val/<main eval split>/loss`` (the training distribution's).
+        detail: what goes to TensorBoard as scalars (``history``, ``summary.json`` and the heatmaps hold
+            every value either way): ``'summary'`` the model-level curves, each metric's ``max`` and the
+            per-head scalars of the circuit's two headline metrics (``SUMMARY_HEAD_METRICS``; under 100
+            tags for the default model); ``'heads'`` every per-head scalar and each metric's median too;
+            ``'full'`` (default) also the loss per position.
     """
 
     def __init__(
@@ -133,7 +153,11 @@ class EmergenceCallback(Callback):
         probe_interventions: dict[str, list[dict[str, Any]]] | None = None,
         learning_speed_threshold: float = 0.4 * math.log(2),
         learning_speed_curve: str | None = None,
+        detail: str = "full",
     ) -> None:
+        if detail not in DETAILS:
+            raise ValueError(f"EmergenceCallback.detail={detail!r}; valid: {', '.join(map(repr, DETAILS))}")
+        self.detail = detail
         if every_n_steps <= 0 or probe_size <= 1:
             raise ValueError(f"every_n_steps must be > 0 and probe_size > 1, got {every_n_steps}, {probe_size}")
         self.every_n_steps, self.probe_size, self.probe_seed = every_n_steps, probe_size, probe_seed
@@ -292,13 +316,14 @@ class EmergenceCallback(Callback):
             if _finite(v):
                 self.history.setdefault(k, []).append((step, v))
         finite = {k: v for k, v in metrics.items() if _finite(v)}
-        log_scalars(trainer.loggers, finite, step)
+        log_scalars(trainer.loggers, {k: v for k, v in finite.items() if _shown(k, self.detail)}, step)
         # usable like a self.log'd scalar (until schedules, monitors, early stopping)
         exposed = self.exposed_metrics(trainer, finite)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in finite.items() if k in exposed})
         self._last_probe_step = step
         if not self._layout_written:  # metrics without any finite value (not defined for this task) get no category
-            self._write_layout(trainer, [n for n in sorted(head_scores) if torch.isfinite(head_scores[n]).any()], pl_module)
+            shown = [n for n in sorted(head_scores) if torch.isfinite(head_scores[n]).any() and _shown(f"{n}/L0H0", self.detail)]
+            self._write_layout(trainer, shown, pl_module)
         if self.heatmap_every_n_steps and step % self.heatmap_every_n_steps == 0:
             self._log_heatmaps(trainer, step)
 
