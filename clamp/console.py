@@ -113,6 +113,18 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def _command(name: str) -> str:
+    """``name`` as the running interpreter's environment has it (``.venv/bin/clamp``), so a hint works
+    without activating the venv; the bare name when that is what PATH finds anyway."""
+    import shutil
+    import sys
+
+    here = Path(sys.executable).parent / name
+    if not here.is_file() or shutil.which(name) == str(here):
+        return name
+    return _rel(here)
+
+
 def _phase_line(curve: str, pc: dict[str, Any]) -> str:
     return f"  {curve:<34} {pc['before']:.3g} -> {pc['after']:.3g}   onset {pc['onset']:.0f}, midpoint {pc['midpoint']:.0f}, end {pc['end']:.0f}"
 
@@ -144,13 +156,14 @@ def run_summary_text(run_dir: Path, summary: dict[str, Any] | None, fallback_met
                 pc = phases.get(f"{metric}/{top['head']}")
                 when = f", phase change midpoint {pc['midpoint']:.0f}" if pc else ""
                 lines.append(f"  {metric:<34} {top['head']} {top['score']:.3f}{when}")
+    clamp, python, tensorboard = (_command(n) for n in ("clamp", "python", "tensorboard"))
     lines += [
         "",
         "next:",
-        f"  tensorboard --logdir {logdir}",
-        f"  clamp report {rd} --out reports/{run_dir.parent.name}",
-        f"  python -c \"import clamp; run = clamp.load_run('{rd}'); print(run.summary['final'])\"",
-        f"  clamp fit --resume {rd} --trainer.max_steps <more steps>",
+        f"  {tensorboard} --logdir {logdir}",
+        f"  {clamp} report {rd} --out reports/{run_dir.parent.name}",
+        f"  {python} -c \"import clamp; run = clamp.load_run('{rd}'); print(run.summary['final'])\"",
+        f"  {clamp} fit --resume {rd} --trainer.max_steps <more steps>",
     ]
     return "\n".join(lines)
 

@@ -35,3 +35,16 @@ def test_default_config_writes_at_most_100_scalar_tags(tmp_path: Path) -> None:
 def test_detail_names_its_choices() -> None:
     with pytest.raises(ValueError, match="detail='all'; valid: 'summary', 'heads', 'full'"):
         EmergenceCallback(detail="all")
+
+
+def test_next_hints_name_the_venvs_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off PATH, the hints print the environment's own ``clamp`` (``.venv/bin/clamp``), which runs without activating it."""
+    import sys
+
+    from clamp.console import run_summary_text
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    text = run_summary_text(tmp_path / "runs" / "x" / "version_0", None)
+    venv_clamp = Path(sys.executable).parent / "clamp"
+    assert venv_clamp.is_file() and "  clamp report" not in text
+    assert any(line.strip().startswith(str(venv_clamp.relative_to(Path.cwd())) if venv_clamp.is_relative_to(Path.cwd()) else str(venv_clamp)) for line in text.splitlines())
