@@ -7,6 +7,13 @@ so every rank stops after the same step. On that exception it saves ``last.ckpt`
 checkpoint folder (all ranks take part, as a checkpoint needs). ``EmergenceCallback`` writes ``summary.json`` marked ``"complete": false``. A second
 Ctrl+C aborts at once, without a checkpoint. The ``clamp`` command exits with 128 + the signal
 number (130 for SIGINT, 143 for SIGTERM).
+
+The promise holds until the command ends: a signal that arrives during the end of fit (phase
+detection, ``summary.json``, the last checkpoint) is noted too, that work finishes (the run had
+trained to its end), and the command then stops with its message and exit status
+(:class:`StoppedAtEndOfFit`, raised by :func:`end_of_command`). Lightning restores the process's
+own handlers before ``on_fit_end``, where the default SIGTERM handler would kill the process
+without a summary; :class:`GracefulStop` keeps its handlers installed until the command ends.
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 _received: list[int] = []  # signals seen by this process, in order
+_held: dict[int, Any] = {}  # signal -> the handler to restore when the command ends (GracefulStop's are kept until then)
+
+
+class StoppedAtEndOfFit(SIGTERMException):
+    """A stop signal arrived during the end of fit: the run had finished and its files are written; the
+    command stops as the signal asked (exit 128 + signal) instead of being killed mid-write."""
 
 
 def received_signal() -> int | None:
@@ -45,6 +58,9 @@ class GracefulStop(Callback):
 
     def __init__(self) -> None:
         self._previous: dict[int, tuple[Any, Any]] = {}  # signal -> (our handler, the one it replaced)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        _received.clear()  # a signal noted by an earlier fit in this process is not this one's
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # installed here, after Lightning registered its own SIGTERM handler (which this one replaces)
@@ -74,9 +90,16 @@ class GracefulStop(Callback):
             note(signum)
             rank_zero_info("\nSIGINT: saving a checkpoint after this step, then stopping (Ctrl+C again aborts without one)")
 
-        self._previous = {signal.SIGTERM: (on_term, signal.getsignal(signal.SIGTERM)), signal.SIGINT: (on_int, signal.getsignal(signal.SIGINT))}
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_int)
+        # Lightning's teardown (before on_fit_end) re-installs the handlers it found at the start of fit:
+        # have it re-install ours, and restore those when the command ends (end_of_command)
+        originals = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", None)
+        originals = originals if isinstance(originals, dict) else {}
+        self._previous = {}
+        for sig, ours in ((signal.SIGTERM, on_term), (signal.SIGINT, on_int)):
+            self._previous[sig] = (ours, originals.get(sig, signal.getsignal(sig)))
+            signal.signal(sig, ours)
+            if sig in originals:
+                originals[sig] = ours
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.world_size > 1:  # one tiny all-reduce per step: every rank stops at the same step
@@ -101,7 +124,22 @@ class GracefulStop(Callback):
             self._restore()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore()
+        """Keep noting signals until the command ends (:func:`end_of_command` restores the handlers)."""
+        for sig, (ours, before) in self._previous.items():
+            if signal.getsignal(sig) is ours and before is not None:
+                _held[sig] = before
+        self._previous = {}
+
+
+def end_of_command() -> None:
+    """Where a command that ran a fit ends: restore the handlers :class:`GracefulStop` kept installed,
+    then raise :class:`StoppedAtEndOfFit` if a stop signal arrived during the end of fit."""
+    held = dict(_held)
+    _held.clear()
+    for sig, before in held.items():
+        signal.signal(sig, before)
+    if _received:
+        raise StoppedAtEndOfFit()
 
 
 @contextmanager

@@ -177,3 +177,43 @@ class PlainDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> list:
         return []
+
+
+# ---------------------------------------------------------------------------------- a signal during the end of fit
+SIGNAL_IN_PHASE_DETECTION = """
+import os, signal, sys, time
+from clamp.metrics.callback import EmergenceCallback
+original = EmergenceCallback.on_fit_end
+def on_fit_end(self, trainer, pl_module):  # SIGTERM arrives while the end-of-fit work (phase detection, summary) runs
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.3)
+    original(self, trainer, pl_module)
+EmergenceCallback.on_fit_end = on_fit_end
+from clamp.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("how", ["fit", "ensemble"])
+def test_sigterm_during_the_end_of_fit_still_writes_the_summary_and_stops_with_a_message(tmp_path: Path, how: str) -> None:
+    """Lightning restores the default SIGTERM handler before on_fit_end (and the ensemble loop's handlers
+    covered its steps only): a signal there killed the process without a message or summary.json."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = _two_members(tmp_path, {})
+    runs = load_sweep(path, str(tmp_path / "runs"))
+    runs[0].write_config()
+    args = ["fit", "--config", str(runs[0].config_path)] if how == "fit" else ["sweep", str(path), "--save_dir", str(tmp_path / "runs"), "--ensemble", "2"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_PHASE_DETECTION, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "stopped by SIGTERM" in proc.stderr
+    if how == "fit":
+        assert "clamp: stopped by SIGTERM during the end of fit; the run had finished: checkpoint and summary.json saved" in proc.stderr
+    run = runs[0].dir
+    assert json.loads((run / "summary.json").read_text())["complete"] is True  # the run had trained to its end
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert json.loads((run / "condition.json").read_text())["finished"] is True

@@ -37,7 +37,7 @@ from clamp.checkpoint_io import load_checkpoint, save_atomic
 from clamp.ensemble.members import MemberRouter, share_storage
 from clamp.interventions.callback import config_diff
 from clamp.interventions.engine import zero_missing_grads
-from clamp.preemption import stop_signals
+from clamp.preemption import StoppedAtEndOfFit, stop_signals
 from clamp.training import DivergenceError, TrainingModule, masked_loss_and_accuracy
 from models.ensemble import EnsembleTransformer
 from synthetic_data.base import model_inputs
@@ -250,47 +250,52 @@ class EnsembleTrainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
-        for trainer, m in zip(self.trainers, self.members):
-            m.datamodule.trainer = trainer
-            m.datamodule.setup("fit")  # as Trainer.fit does first (TextDataModule copies its tokenizer into the run)
-            for cb in m.callbacks:
-                cb.setup(trainer, m.module, "fit")
-        if self._resume is not None:
-            self._restore_callbacks(self._resume)
-            self._resume = None
-        self._call("on_fit_start")
-        self.model.train()
-        for m in self.members:
-            m.module.train()
-        self._call("on_train_start")
-        try:
-            self._train_loop()
-        except BaseException as e:  # as Lightning: callbacks see why fit stopped (summary.json says so), then it propagates
-            self._call("on_exception", e)
-            self._teardown("failed")
-            raise
-        self._check_finite()  # a member that diverged since the last check stops before its end of fit
-        self._call("on_train_end")
-        self._call("on_fit_end")
-        self._save_checkpoints()
-        self._teardown("success")
-
-    def _train_loop(self) -> None:
-        """Steps to ``max_steps``; on SIGTERM or a first SIGINT, checkpoints after the current step and
-        raises ``SIGTERMException``, as ``clamp fit`` does (:mod:`clamp.preemption`): a preempted
-        ensemble resumes from that step."""
-        streams = self._streams()
+        """Every member's fit; SIGTERM / a first SIGINT are noted from set-up to the last write, so a
+        signal during the end of fit (phase detection, summary.json) lets that work finish and then
+        stops with :class:`StoppedAtEndOfFit`, as ``clamp fit`` does (:mod:`clamp.preemption`)."""
         with stop_signals() as received:
-            while self.global_step < self.max_steps and len(self.stopped) < len(self.members):
-                batches = [next(s) for s in streams]
-                self._train_step(batches)
-                if self.global_step % self.log_every_n_steps == 0:
-                    self._check_finite()
-                if self.global_step % self.settings.val_check_interval == 0:
-                    self._validate()
-                if received:
-                    self._save_checkpoints()
-                    raise SIGTERMException()
+            for trainer, m in zip(self.trainers, self.members):
+                m.datamodule.trainer = trainer
+                m.datamodule.setup("fit")  # as Trainer.fit does first (TextDataModule copies its tokenizer into the run)
+                for cb in m.callbacks:
+                    cb.setup(trainer, m.module, "fit")
+            if self._resume is not None:
+                self._restore_callbacks(self._resume)
+                self._resume = None
+            self._call("on_fit_start")
+            self.model.train()
+            for m in self.members:
+                m.module.train()
+            self._call("on_train_start")
+            try:
+                self._train_loop(received)
+                self._check_finite()  # a member that diverged since the last check stops before its end of fit
+                self._call("on_train_end")
+                self._call("on_fit_end")
+                self._save_checkpoints()
+            except BaseException as e:  # as Lightning: callbacks see why fit stopped (summary.json says so), then it propagates
+                self._call("on_exception", e)
+                self._teardown("failed")
+                raise
+            self._teardown("success")
+        if received:
+            raise StoppedAtEndOfFit()
+
+    def _train_loop(self, received: list[int]) -> None:
+        """Steps to ``max_steps``; on SIGTERM or a first SIGINT (noted in ``received``), checkpoints after
+        the current step and raises ``SIGTERMException``, as ``clamp fit`` does (:mod:`clamp.preemption`):
+        a preempted ensemble resumes from that step."""
+        streams = self._streams()
+        while self.global_step < self.max_steps and len(self.stopped) < len(self.members):
+            batches = [next(s) for s in streams]
+            self._train_step(batches)
+            if self.global_step % self.log_every_n_steps == 0:
+                self._check_finite()
+            if self.global_step % self.settings.val_check_interval == 0:
+                self._validate()
+            if received:
+                self._save_checkpoints()
+                raise SIGTERMException()
 
     def _save_checkpoints(self) -> None:
         self._check_finite()  # never overwrite a member's last good checkpoint with non-finite weights
