@@ -228,7 +228,7 @@ def test_resume_extends_a_run_and_report_compares_runs_honestly(trained: tuple[P
     data = json.loads((out / "report.json").read_text())
     last, ends = data["common_range"]["last_step"], data["common_range"]["run_ends"]
     assert ends["killed+resumed"] == ends["uninterrupted"] + 10 and last == ends["uninterrupted"]  # (Lightning logs val at step - 1)
-    assert f"Runs end at different steps (uninterrupted: {last}, killed+resumed: {last + 10}); compared on steps 0-{last}." in printed
+    assert f"Compared on steps 0-{last}, the common range: uninterrupted (ends at {last}) end(s) before the others ({last + 10})." in printed
     assert list(data["runs"]) == ["uninterrupted", "killed+resumed"]
     # on the common range the two runs are the same run: same finals, same phase changes
     a, b = (data["runs"][n]["tags"] for n in ("uninterrupted", "killed+resumed"))
@@ -238,7 +238,7 @@ def test_resume_extends_a_run_and_report_compares_runs_honestly(trained: tuple[P
         assert (out / f"curves_val_ic_acc.{fmt}").stat().st_size > 5000
         assert (out / f"heatmap_task_query_to_match.{fmt}").is_file()
     md = (out / "report.md").read_text()
-    assert f"compared on steps 0-{last}" in md and "![val/ic/acc](curves_val_ic_acc.png)" in md
+    assert f"Compared on steps 0-{last}, the common range" in md and "![val/ic/acc](curves_val_ic_acc.png)" in md
 
     # one run, compared whole: its phase changes are read from its summary.json, not recomputed
     alone = tmp_path / "alone"
