@@ -409,7 +409,7 @@ class Report:
         for h, seed, sp, st, fl in rows:
             self.add(f"| L1H{h} | {seed} | {_steps(sp)} | {fl:.3f} | {_f(st, 2)} |")
         learned = sum(sp is not None for _, _, sp, _, _ in rows)
-        rho = _spearman(xs, ys) if len(xs) >= 3 else None
+        rho = verdicts.spearman(xs, ys) if len(xs) >= 3 else None
         self.add("")
         per: dict[int, dict[str, object]] = {}
         for seed in sorted({r[1] for r in rows}):
@@ -611,11 +611,6 @@ class Report:
                else f"Only {', '.join(faster) or 'none'} speeds learning up; a layer 0 trained from another initialisation is not usable by this "
                "model's layer 1 within the run (its loss stays near ln 2).")
         ))
-
-
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def write(results: Path, out: Path, notes: Sequence[str], seconds: float) -> Path:
