@@ -68,7 +68,7 @@ BANKS = {  # the exemplar sets reported, main first
     "gauss": {"studies": STUDIES, "sweeps": SWEEPS, "prefix": "", "heading": "Gaussian stand-in — ", "name": "the Gaussian stand-in"},
 }
 S5_LABELS = {
-    "none": "none (A, B, C to learn)", "pt_1": '"1": L0H0 previous-token pattern', "layer1_12": '"1,2": A perfect (B, C to learn)',
+    "none": "none (A, B, C to learn)", "pt_1": '"1": one L0 head\'s previous-token pattern', "layer1_12": '"1,2": A perfect (B, C to learn)',
     "match_1234": '"1,2,3qk,4": A, B perfect (only C)', "copy_35": '"3v,5": C perfect (A, B to learn)',
     "layer1copy_1235": '"1,2,3v,5": A, C perfect (only B)',
 }
@@ -201,6 +201,31 @@ def untrained_null(runs: Sequence[RunData], family: str = "task/induction_streng
     if not maxima:
         return STRONG, f"no step-0 scores; fixed threshold {STRONG}"
     return float(np.quantile(maxima, 0.99)), f"99th percentile of the max over heads of {len(maxima)} untrained models (step 0 of each seed)"
+
+
+def role_heads(run: RunData, n_heads: int = 8) -> dict[str, tuple[int, list[int]]]:
+    """Role -> (layer, heads) as resolved in this run (``summary.json`` -> interventions -> roles), so a
+    role-based condition is reported by the head it really clamped; a ``kept`` role that no intervention
+    names is the complement of ``ablated`` (study 3 zeroes the others and keeps one)."""
+    out: dict[str, tuple[int, list[int]]] = {}
+    for item in (run.summary or {}).get("interventions", []):
+        for name, choice in (item.get("roles") or {}).items():
+            out[name] = (int(choice["spec"]["layer"]), [int(h) for h in choice["heads"]])
+    if "kept" not in out and "ablated" in out:
+        layer, ablated = out["ablated"]
+        out["kept"] = (layer, sorted(set(range(n_heads)) - set(ablated)))
+    return out
+
+
+def kept_head(run: RunData, condition: str) -> int:
+    """The one layer-1 head a study 3 run trains: by index (``h3``) or by role (``strongest``/``weakest``)."""
+    if condition.rsplit("h", 1)[-1].isdigit():
+        return int(condition.rsplit("h", 1)[-1])
+    kept = role_heads(run).get("kept", (1, []))[1]
+    if len(kept) != 1:
+        raise ValueError(f"{run.dir}: condition {condition!r} names no head and its summary.json resolves its roles to kept={kept}; "
+                         "expected exactly one kept layer-1 head")
+    return kept[0]
 
 
 def stat(values: Sequence[float | None]) -> dict[str, Any]:
@@ -389,31 +414,31 @@ class Report:
         _loss_axes(a1, "Study 3: only one L1 head active")
         rows, xs, ys = [], [], []
         for cond, runs in groups.items():
-            h = int(cond.rsplit("h", 1)[-1])
             for r in runs:
+                h = kept_head(r, cond)
                 sp = learning_speed(*curve(r))
                 full = strengths.get(r.seed)
                 st = float(full[h]) if full is not None else None
-                rows.append((h, r.seed, sp, st, float(curve(r)[1][-1])))
+                rows.append((h, r.seed, sp, st, float(curve(r)[1][-1]), cond))
                 if sp is not None and st is not None:
                     xs.append(sp), ys.append(st)
         a2.scatter(xs, ys)
-        for h, seed, sp, st, _ in rows:
+        for h, seed, sp, st, *_ in rows:
             if sp is not None and st is not None:
                 a2.annotate(f"H{h}", (sp, st), fontsize=8)
         a2.set(title="solo learning speed vs strength in the full model (same seed)", xlabel="steps to loss < 0.4 ln 2, head alone", ylabel="final induction strength, full model")
         a2.grid(alpha=0.3)
         fig.savefig(self.figures / f"{self.prefix}study3_single_head.png")
         self.add(f"![study 3](figures/{self.prefix}study3_single_head.png)", "",
-                 "| head | seed | learning speed alone | final loss alone | final strength in the full model (study 1) |", "|---|---|---|---|---|")
-        for h, seed, sp, st, fl in rows:
-            self.add(f"| L1H{h} | {seed} | {_steps(sp)} | {fl:.3f} | {_f(st, 2)} |")
-        learned = sum(sp is not None for _, _, sp, _, _ in rows)
+                 "| condition | head | seed | learning speed alone | final loss alone | final strength in the full model (study 1) |", "|---|---|---|---|---|---|")
+        for h, seed, sp, st, fl, cond in sorted(rows, key=lambda x: (x[1], x[5])):
+            self.add(f"| {cond} | L1H{h} | {seed} | {_steps(sp)} | {fl:.3f} | {_f(st, 2)} |")
+        learned = sum(x[2] is not None for x in rows)
         rho = verdicts.spearman(xs, ys) if len(xs) >= 3 else None
         self.add("")
         per: dict[int, dict[str, object]] = {}
         for seed in sorted({r[1] for r in rows}):
-            mine = [(h, sp, st) for h, sd, sp, st, _ in rows if sd == seed and st is not None]
+            mine = [(h, sp, st) for h, sd, sp, st, *_ in rows if sd == seed and st is not None]
             if mine:
                 per[seed] = verdicts.finding4_seed({h: sp for h, sp, _ in mine}, {h: st for h, _, st in mine})
         self.verdict(verdicts.finding4(per) if per else verdicts.Verdict("finding 4", verdicts.NOT, "No single-head run has a study 1 seed to compare with."))
@@ -490,6 +515,7 @@ class Report:
                 self.add(f"| {S5_LABELS.get(c, c)} | {S5_LEFT.get(c, '?')} | {len(runs)} | {fmt(stat([x['speed'] for x in m]), integer=True)} | "
                          f"{fmt(stat([x['plateau'] for x in m]), integer=True)} | {fmt(shares[c], 2)} | {fmt(stat([x['final'] for x in m]))} |")
             self.add("")
+            self.role_table(groups)
             v6, found = verdicts.finding6({c: [curve(r) for r in rs] for c, rs in groups.items() if c in S5_LEFT}, S5_LEFT)
             self.add("Plateau-then-drop rule per seed (abruptness; `arrived` = came from above the ln 2 band):", "",
                      "| condition | subcircuits left | abruptness per seed | arrived per seed | passes the rule |", "|---|---|---|---|---|")
@@ -500,6 +526,27 @@ class Report:
             self.verdict(v6)
         if self.bank == next(iter(BANKS)):
             self.toy()  # the toy model has no exemplars: reported once
+
+    def role_table(self, groups: Mapping[str, Sequence[RunData]]) -> None:
+        """Which heads each seed's roles chose (read from the runs' summary.json), or which index was clamped."""
+        chosen: dict[int, dict[str, tuple[int, list[int]]]] = {}
+        for runs in groups.values():
+            for r in runs:
+                for name, heads in role_heads(r).items():
+                    prev = chosen.setdefault(r.seed, {}).setdefault(name, heads)
+                    if prev != heads:
+                        raise ValueError(f"{r.dir}: role {name!r} chose {heads[1]} in layer {heads[0]} but another condition of seed {r.seed} "
+                                         f"chose {prev[1]} in layer {prev[0]}: the roles must be measured on one reference per seed")
+        if not chosen:
+            self.add("Heads by index, the same in every seed: L0H0 is the previous-token head clamped, L1H0 the layer-1 head kept "
+                     "(head indices carry no role across seeds; the Omniglot studies choose heads by role).", "")
+            return
+        names = sorted({n for c in chosen.values() for n in c})
+        self.add("Heads chosen by role per seed, measured on study 1's final checkpoint of the same seed (`ClampCallback.roles`):", "",
+                 "| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|")
+        for seed, c in sorted(chosen.items()):
+            self.add(f"| {seed} | " + " | ".join(", ".join(f"L{c[n][0]}H{h}" for h in c[n][1]) if n in c else "–" for n in names) + " |")
+        self.add("")
 
     def toy(self) -> None:
         path = HERE / "toy_model.py"
