@@ -73,3 +73,15 @@ def test_a_stricter_rule_can_reject_what_the_default_accepts() -> None:
     y = plateau_then_sigmoid(STEPS, width=400) + NOISE
     assert measure_plateau(STEPS, y).plateau_then_drop
     assert not measure_plateau(STEPS, y, PlateauRule(min_abruptness=1000)).plateau_then_drop
+
+
+def test_a_first_eval_above_the_band_counts_as_arriving_though_smoothing_would_hide_it() -> None:
+    """Evals every 100 steps that begin while the loss is still falling onto ln 2 (the long factor runs):
+    the running median shrinks at the start and would pull the one eval above the band into it."""
+    t = np.arange(99, 12000, 100, dtype=float)
+    flat = 0.03 + (LN2 - 0.03) / (1 + np.exp((t - 3500) / 120)) + NOISE[: len(t)]  # on the plateau from the first eval
+    assert not measure_plateau(t, flat).arrived
+    y = flat.copy()
+    y[0] = 1.3 * LN2  # the one eval before the loss reached the plateau
+    p = measure_plateau(t, y)
+    assert p.arrived and p.plateau_then_drop, p.reason

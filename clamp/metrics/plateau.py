@@ -17,7 +17,9 @@ Definitions (``steps`` and ``loss`` are an eval curve; the loss is smoothed by a
 * ``t_leave``: the last eval before ``t_learn`` that is still inside or above the band;
 * plateau: the maximal run of consecutive in-band evals ending at ``t_leave``; ``t_enter`` its
   first eval. ``arrived`` says whether the loss came from above the band (a curve that starts in
-  the band, like a clamp that fixes the loss at ln 2 at initialisation, did not);
+  the band, like a clamp that fixes the loss at ln 2 at initialisation, did not), read on the raw
+  evals up to ``t_enter``, because the running median shrinks at the curve's start and would smooth
+  a first eval above the band into it;
 * plateau slope ``s_p``: the least-squares descent rate over the plateau (loss per 1,000 steps),
   floored at ``slope_floor`` (a flat or rising plateau gets the floor: the ratio stays finite);
 * drop: from ``t_leave`` to ``t_learn``; its rate ``s_d = (loss(t_leave) - loss(t_learn)) /
@@ -102,7 +104,8 @@ def measure_plateau(steps: ArrayLike, loss: ArrayLike, rule: PlateauRule = Plate
     keep = np.isfinite(t) & np.isfinite(y)
     t, y = t[keep], y[keep]
     order = np.argsort(t, kind="stable")
-    t, y = t[order], running_median(y[order], rule.smooth)
+    t, raw = t[order], y[order]
+    y = running_median(raw, rule.smooth)
     none = dict(t_enter=None, t_leave=None, arrived=False, plateau_steps=None, drop_steps=None,
                 plateau_slope=None, drop_slope=None, abruptness=None, plateau_to_drop=None)
     lo, hi, learned_at = rule.lo * rule.level, rule.hi * rule.level, rule.learned * rule.level
@@ -121,7 +124,10 @@ def measure_plateau(steps: ArrayLike, loss: ArrayLike, rule: PlateauRule = Plate
     i_enter = i_leave
     while i_enter > 0 and lo <= y[i_enter - 1] <= hi:
         i_enter -= 1
-    arrived = bool(i_enter > 0 and y[: i_enter].max() > hi)
+    # arrival is read on the raw evals up to the plateau's first one: the running median shrinks at the
+    # curve's start, so a first eval above the band (the loss still falling onto the plateau) would be
+    # smoothed into it, and a run whose evals begin late would look as if it started on the plateau
+    arrived = bool(raw[: i_enter + 1].max() > hi)
     n_plateau = i_leave - i_enter + 1
     s_p = max(_descent_rate(t[i_enter : i_leave + 1], y[i_enter : i_leave + 1]), rule.slope_floor)
     drop_steps = float(t[i_learn] - t[i_leave])
