@@ -30,6 +30,7 @@ import numpy as np
 from clamp.report import read_scalars
 from clamp.report_groups import RunData, band, figure, fmt, learning_speed, load_groups, mean_spread, plot_groups, write_curves_csv
 from clamp.metrics.phase import detect_phase_change
+from clamp.metrics.plateau import measure_plateau
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the report's own modules beside this script
@@ -41,8 +42,7 @@ SPLITS = ("ic", "ic_holdout_labels", "ic_holdout_exemplars", "ic_holdout_classes
 KEEP = ("train/loss", "train/sequences", "val/*", "task/induction_strength/*", "task/query_to_match/L1H*",
         "task/label_to_exemplar/L0H*", "task/prev_token/L0H*", "clamp/alpha/*")
 COMPRESSION = 10  # studies run at lr x10 for 1/10 of the paper's steps (studies/compressed.yaml)
-BAND = 0.15  # "on the ln 2 plateau": loss within +-15 % of ln 2
-PLATEAU_SHARE = 0.2  # a plateau: >= 20 % of the time to learn (loss < 0.4 ln 2) spent on it
+BAND = 0.15  # "on the ln 2 plateau": loss within +-15 % of ln 2 (clamp.metrics.plateau.PlateauRule's band)
 STRONG = 0.3  # an induction head: final induction strength above this
 STUDIES = {
     1: "singh2024_s1_baseline", 3: "singh2024_s3_single_head", 4: "singh2024_s4_wiring",
@@ -145,26 +145,16 @@ def curve(run: RunData, tag: str = LOSS) -> tuple[np.ndarray, np.ndarray]:
     return run.curve(tag)
 
 
-def plateau_steps(steps: np.ndarray, loss: np.ndarray, until: float | None = None) -> float:
-    """Steps spent with the loss within +-BAND of ln 2 (before ``until``): the length of the ln 2 plateau."""
-    if steps.size < 2:
-        return float("nan")
-    dt = np.diff(steps, append=steps[-1] + np.median(np.diff(steps)))
-    on = np.abs(loss / LN2 - 1) < BAND
-    if until is not None:
-        on &= steps < until
-    return float(dt[on].sum())
-
 
 def run_measures(run: RunData) -> dict[str, float | None]:
     s, v = curve(run)
     speed = learning_speed(s, v)
     pc = detect_phase_change(s, v, direction="drop") if s.size else None
-    plateau = plateau_steps(s, v, speed)
+    p = measure_plateau(s, v)  # the verdicts' plateau rule, not time spent in the band
     return {
         "speed": speed,
-        "plateau": plateau,
-        "share": plateau / speed if speed else None,
+        "plateau": p.plateau_steps,
+        "abruptness": p.abruptness,
         "midpoint": None if pc is None else pc.midpoint,
         "width": None if pc is None else pc.width,
         "final": float(v[-1]) if v.size else None,
@@ -337,7 +327,7 @@ class Report:
 
         m = [run_measures(r) for r in runs]
         strengths = {r.seed: final_heads(r) for r in runs}
-        self.add("| seed | reaches ln 2 ±15 % | steps on the plateau | learning speed (loss < 0.4 ln 2) | phase-change midpoint (width) | final loss | held-out labels / exemplars / classes acc | final induction strength, L1H0..7 |",
+        self.add("| seed | reaches ln 2 ±15 % | plateau length (steps, plateau rule) | learning speed (loss < 0.4 ln 2) | phase-change midpoint (width) | final loss | held-out labels / exemplars / classes acc | final induction strength, L1H0..7 |",
                  "|---|---|---|---|---|---|---|---|")
         for r, x in zip(runs, m, strict=True):
             accs = " / ".join(_f(r.curve(f"val/{sp}/acc")[1][-1] if r.curve(f"val/{sp}/acc")[1].size else None, 2) for sp in SPLITS[1:])
@@ -507,13 +497,11 @@ class Report:
         else:
             groups_figure(groups, self.figures / f"{self.prefix}study5_subcircuits.png", "Study 5: clamps leaving 1, 2 or 3 subcircuits to learn (mean ± 1 std over seeds)", S5_LABELS, zoom=800)
             self.add(f"![study 5](figures/{self.prefix}study5_subcircuits.png)", "",
-                     "| condition | subcircuits left | n | learning speed | steps on the ln 2 plateau | plateau share of the time to learn | final loss |", "|---|---|---|---|---|---|---|")
-            shares = {}
+                     "| condition | subcircuits left | n | learning speed | plateau length (steps, plateau rule) | abruptness | final loss |", "|---|---|---|---|---|---|---|")
             for c, runs in groups.items():
                 m = [run_measures(r) for r in runs]
-                shares[c] = stat([x["share"] for x in m])
                 self.add(f"| {S5_LABELS.get(c, c)} | {S5_LEFT.get(c, '?')} | {len(runs)} | {fmt(stat([x['speed'] for x in m]), integer=True)} | "
-                         f"{fmt(stat([x['plateau'] for x in m]), integer=True)} | {fmt(shares[c], 2)} | {fmt(stat([x['final'] for x in m]))} |")
+                         f"{fmt(stat([x['plateau'] for x in m]), integer=True)} | {fmt(stat([x['abruptness'] for x in m]), 2)} | {fmt(stat([x['final'] for x in m]))} |")
             self.add("")
             self.role_table(groups)
             v6, found = verdicts.finding6({c: [curve(r) for r in rs] for c, rs in groups.items() if c in S5_LEFT}, S5_LEFT)
