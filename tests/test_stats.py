@@ -53,3 +53,19 @@ def test_same_seed_same_interval_other_seed_differs() -> None:
     assert bootstrap_mean(vals, seed=7) == bootstrap_mean(vals, seed=7)
     assert bootstrap_diff(vals, vals[::-1], seed=7) == bootstrap_diff(vals, vals[::-1], seed=7)
     assert bootstrap_mean(vals, seed=7).low != bootstrap_mean(vals, seed=8).low
+
+
+def test_bootstrap_diff_of_medians_ignores_one_wild_value_that_moves_the_mean() -> None:
+    base = [1.0, 1.1, 0.9, 1.0, 1.05]
+    other = [2.0, 2.1, 1.9, 2.0, 500.0]
+    med = bootstrap_diff(base, other, statistic="median")
+    mean = bootstrap_diff(base, other)
+    assert abs(med.estimate - 1.0) < 1e-9 and med.low > 0.5  # the upper bound may resample the wild value
+    assert mean.estimate > 90
+
+
+def test_bootstrap_diff_refuses_an_unknown_statistic() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="statistic='mode'.*median"):
+        bootstrap_diff([1.0, 2.0], [3.0, 4.0], statistic="mode")

@@ -16,7 +16,7 @@ import numpy as np
 
 from clamp.metrics.plateau import Plateau, PlateauRule, measure_plateau
 from clamp.report_groups import RunData, figure, load_groups
-from clamp.stats import Interval, finite_values
+from clamp.stats import bootstrap_diff
 
 LOSS = "val/ic/loss"
 LN2 = math.log(2)
@@ -48,24 +48,6 @@ def _num(x: float | None, fmt: str = ".0f") -> str:
 
 def _log_abruptness(ps: Sequence[Plateau]) -> list[float | None]:
     return [math.log(p.abruptness) if p.abruptness and p.abruptness > 0 else None for p in ps]
-
-
-def median_diff(baseline: Sequence[float | None], other: Sequence[float | None], resamples: int = 10_000, seed: int = 0) -> Interval:
-    """median(other) - median(baseline), percentile-bootstrap 95 % interval (groups resampled independently).
-
-    FACTORS.md pre-registered the difference of *median* log-abruptness; clamp.stats bootstraps means.
-    A seed with no abruptness (it never learned, or fell without a band eval) is missing, and counted.
-    """
-    a, ma = finite_values(baseline)
-    b, mb = finite_values(other)
-    if a.size < 2 or b.size < 2:
-        est = float(np.median(b) - np.median(a)) if a.size and b.size else None
-        return Interval(est, None, None, int(min(a.size, b.size)), ma + mb, 0.95, "a group has < 2 values: no CI")
-    rng = np.random.default_rng(seed)
-    da = np.median(rng.choice(a, (resamples, a.size)), axis=1)
-    db = np.median(rng.choice(b, (resamples, b.size)), axis=1)
-    lo, hi = np.quantile(db - da, [0.025, 0.975])
-    return Interval(float(np.median(b) - np.median(a)), float(lo), float(hi), int(min(a.size, b.size)), ma + mb, 0.95)
 
 
 def write_factors(results: Path, out: Path, figures: Path) -> Path | None:
@@ -137,7 +119,7 @@ def write_factors(results: Path, out: Path, figures: Path) -> Path | None:
             cell = f"{f}_{g}"
             if cell not in found:
                 continue
-            d = median_diff(_log_abruptness(found[base]), _log_abruptness(found[cell]))
+            d = bootstrap_diff(_log_abruptness(found[base]), _log_abruptness(found[cell]), statistic="median")  # FACTORS.md: median
             changed = verdict[cell] != verdict[base]
             unlearned = sum(not p.learned for p in found[cell])
             if unlearned > len(found[cell]) / 2:
