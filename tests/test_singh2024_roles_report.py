@@ -50,3 +50,26 @@ def test_role_table_lists_each_seeds_choice_and_refuses_disagreeing_conditions(t
     bad = {"prev": _choice(0, [3]), "kept": _choice(1, [6])}
     with pytest.raises(ValueError, match="role 'prev' chose \\[3\\]"):
         rep.role_table({"none": [_run(0, roles0)], "pt_1": [_run(0, bad)]})
+
+
+def _verdict_rows(text: str) -> list[str]:
+    start = text.index("| finding | the paper")
+    return [line for line in text[start:].splitlines()[:20] if line.startswith("|")]
+
+
+def test_readme_verdict_table_is_the_one_results_md_was_generated_with() -> None:
+    """The README may not claim more than RESULTS.md: make_results.py writes its block; this catches a hand edit."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(M.README_BEGIN, 1)[1].split(M.README_END, 1)[0]
+    results = (ROOT / "experiments" / "singh2024" / "RESULTS.md").read_text()
+    assert _verdict_rows(block) == _verdict_rows(results.split("## Verdicts", 1)[1])
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{M.README_BEGIN}\nold table\n{M.README_END}\noutro\n")
+    M.update_readme(readme, ["| a | b |", "|---|---|"])
+    assert readme.read_text() == f"intro\n{M.README_BEGIN}\n| a | b |\n|---|---|\n{M.README_END}\noutro\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no .*block"):
+        M.update_readme(readme, ["x"])

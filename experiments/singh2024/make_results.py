@@ -72,6 +72,9 @@ S5_LABELS = {
     "match_1234": '"1,2,3qk,4": A, B perfect (only C)', "copy_35": '"3v,5": C perfect (A, B to learn)',
     "layer1copy_1235": '"1,2,3v,5": A, C perfect (only B)',
 }
+STUDY_FINDINGS = {3: "finding 4", 4: "finding 5 (clamps)", 5: "finding 6", 6: "finding 7", 7: "graft"}  # a study's 'not run' row stands for its finding
+README = HERE.parents[1] / "README.md"
+README_BEGIN, README_END = "<!-- singh2024-verdicts:begin (make_results.py writes this block) -->", "<!-- singh2024-verdicts:end -->"
 S5_LEFT = {"none": 3, "pt_1": 3, "layer1_12": 2, "match_1234": 1, "copy_35": 2, "layer1copy_1235": 1}  # subcircuits left to learn
 
 
@@ -663,8 +666,12 @@ def write(results: Path, out: Path, notes: Sequence[str], seconds: float) -> Pat
         rep.study7()
         reports[bank] = rep
     cpu = _cpu_time(results)
-    findings = list(dict.fromkeys(f for rep in reports.values() for f, _ in rep.verdicts))
     status = {bank: dict(rep.verdicts) for bank, rep in reports.items()}
+    for st in status.values():  # a study not run stands in its finding's row
+        for k, f in STUDY_FINDINGS.items():
+            if f"study {k}" in st and f not in st:
+                st[f] = st[f"study {k}"]
+    findings = [f for f, _, _ in verdicts.CRITERIA] + ["graft"]
 
     def short(text: str | None) -> str:
         if text is None:
@@ -700,9 +707,7 @@ def write(results: Path, out: Path, notes: Sequence[str], seconds: float) -> Pat
         "",
         "## Verdicts",
         "",
-        "| finding | " + " | ".join(BANKS[b]["name"] for b in BANKS) + " |",
-        "|---|" + "---|" * len(BANKS),
-        *[f"| {f} | " + " | ".join(short(status[b].get(f)) for b in BANKS) + " |" for f in findings],
+        *(table := verdict_table(findings, status, short)),
         "",
     ]
     for bank, rep in reports.items():
@@ -718,7 +723,26 @@ def write(results: Path, out: Path, notes: Sequence[str], seconds: float) -> Pat
     if notes:
         head += ["Runs not included (unfinished or skipped at export):", "", *[f"- {n}" for n in notes], ""]
     out.write_text("\n".join(head + [line for rep in reports.values() for line in rep.lines]) + "\n")
+    if out.resolve() == (HERE / "RESULTS.md").resolve() and README.is_file():
+        update_readme(README, table)
     return out
+
+
+def verdict_table(findings: Sequence[str], status: Mapping[str, Mapping[str, str]], short: Any) -> list[str]:
+    """One row per finding (the criteria's order), one column per exemplar bank."""
+    claims = {f: claim for f, claim, _ in verdicts.CRITERIA} | {"graft": "a layer 0 grafted from a trained model speeds learning"}
+    return ["| finding | the paper's claim | " + " | ".join(BANKS[b]["name"] for b in BANKS) + " |", "|---|---|" + "---|" * len(BANKS),
+            *[f"| {f} | {claims.get(f, '')} | " + " | ".join(short(status[b].get(f)) for b in BANKS) + " |" for f in findings]]
+
+
+def update_readme(readme: Path, table: Sequence[str]) -> None:
+    """Write the verdict table into the README's marked block, so the README never claims more than RESULTS.md."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme}: no {README_BEGIN!r} ... {README_END!r} block to write the verdicts into")
+    before, rest = text.split(README_BEGIN, 1)
+    _, after = rest.split(README_END, 1)
+    readme.write_text(before + README_BEGIN + "\n" + "\n".join(table) + "\n" + README_END + after)
 
 
 def _ran(results: Path, study: int, studies: Mapping[int, str] = STUDIES) -> str:
