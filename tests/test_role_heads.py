@@ -220,3 +220,17 @@ def test_roles_in_an_ensemble_equal_separate_runs(reference: Path, tmp_path: Pat
         assert bound_heads(ens) == bound_heads(c)
         for a, b in zip(m.module.model.parameters(), model.model.parameters()):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_seed_in_an_op_reference_is_this_runs_seed(reference: Path) -> None:
+    """`clamp_to_reference` may name the same seed's run as roles do (one sweep file for every seed: study 7's grafts)."""
+    ckpt = str(reference / "checkpoints" / "last.ckpt").replace("seed0", "seed{seed}")
+    spec = {"name": "graft", "site": "layer0.resid_post", "op": {"kind": "clamp_to_reference", "reference": ckpt}}
+    dm = bursty_datamodule(seed=0)
+    clamp = ClampCallback([spec])
+    clamp.check(SimpleNamespace(datamodule=dm, max_steps=10, callbacks=[]), module(dm))
+    assert clamp.engine.reference_keys() == [ckpt.replace("{seed}", "0")]
+    assert clamp.interventions[0].label == "graft"
+    other = bursty_datamodule(seed=3)  # seed 3 has no run: the filled path is named
+    with pytest.raises(FileNotFoundError, match="seed3"):
+        ClampCallback([spec]).check(SimpleNamespace(datamodule=other, max_steps=10, callbacks=[]), module(other))

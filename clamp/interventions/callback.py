@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from clamp.interventions.engine import Intervention, InterventionEngine, as_intervention
-from clamp.interventions.roles import RoleSet, fill_heads, role_refs
+from clamp.interventions.roles import RoleSet, fill_heads, fill_seed, role_refs
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -96,11 +96,12 @@ class ClampCallback(Callback):
         dm = datamodule or getattr(trainer, "datamodule", None)
         if self.engine is None:
             self.roles.check_refs([(f"intervention {i} ({s.label})", s) for i, s in enumerate(self.interventions)])
+            seed = getattr(dm, "seed", None)
+            seed = int(seed) if seed is not None else (int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None)
+            self.interventions = [fill_seed(s, seed, f"intervention {i} ({s.label})") for i, s in enumerate(self.interventions)]
             if self.roles:
                 if dm is None:
                     raise ValueError(f"ClampCallback.roles {sorted(self.roles.roles)} are measured on the task's probe sets, but the run has no DataModule")
-                seed = getattr(dm, "seed", None)
-                seed = int(seed) if seed is not None else (int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None)
                 self.roles.check(pl_module.model, dm, getattr(trainer, "callbacks", []), seed, int(getattr(trainer, "max_steps", -1) or -1))
             self.engine = InterventionEngine(pl_module.model, self._specs(pl_module.model), seed=self.seed, held=self.roles.users(self.interventions))
         task = getattr(dm, "task", None)

@@ -112,9 +112,9 @@ def parse_roles(roles: Mapping[str, Any] | None) -> dict[str, HeadRole]:
 
 
 def role_refs(value: Any) -> set[str]:
-    """Role names referenced as ``{name}`` anywhere in an intervention's site or op."""
+    """Role names referenced as ``{name}`` anywhere in an intervention's site or op (``{seed}`` is the run's seed, not a role)."""
     if isinstance(value, str):
-        return set(_REF.findall(value))
+        return set(_REF.findall(value)) - {"seed"}
     if isinstance(value, Mapping):
         return set().union(*(role_refs(v) for v in value.values())) if value else set()
     if isinstance(value, (list, tuple)):
@@ -134,6 +134,25 @@ def _fill(value: Any, heads: Mapping[str, list[int]]) -> Any:
     if isinstance(value, list):
         return [_fill(v, heads) for v in value]
     return value
+
+
+def _fill_seed(value: Any, seed: int | None, where: str) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _fill_seed(v, seed, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_seed(v, seed, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and "{seed}" in value:
+        if seed is None:
+            raise ValueError(f"{where}={value!r} uses {{seed}}, but this run has no seed (set seed_everything)")
+        return value.replace("{seed}", str(seed))
+    return value
+
+
+def fill_seed(spec: Any, seed: int | None, where: str) -> Any:
+    """The intervention with ``{seed}`` in its op (e.g. a ``clamp_to_reference`` reference to the same
+    seed's run, as roles allow) replaced by this run's seed, so one sweep file serves every seed."""
+    filled = _fill_seed(spec.op, seed, f"{where}.op")
+    return spec if filled == spec.op else replace(spec, op=filled, name=spec.label)
 
 
 def fill_heads(spec: Any, heads: Mapping[str, list[int]]) -> Any:
