@@ -53,14 +53,17 @@ SWEEPS = {  # the command that runs each study (as run for RESULTS.md), named on
     3: "clamp sweep experiments/singh2024/studies/study3_single_head.yaml --ensemble 4 --jobs 2",
     4: "clamp sweep experiments/singh2024/studies/study4_wiring.yaml --ensemble 3 --jobs 2",
     5: "clamp sweep experiments/singh2024/studies/study5_subcircuits.yaml --ensemble 9 --jobs 2",
-    6: "clamp sweep experiments/singh2024/studies/study6_data.yaml --ensemble 6 --jobs 2",
+    6: "clamp sweep experiments/singh2024/studies/study6_data.yaml --ensemble 5 --jobs 2",
     7: "clamp sweep experiments/singh2024/studies/study7_graft.yaml --ensemble 2 --jobs 2",
 }
-OMNIGLOT_STUDIES = {1: "singh2024_omniglot_s1_baseline", 3: "singh2024_omniglot_s3_single_head", 5: "singh2024_omniglot_s5_subcircuits"}
+OMNIGLOT_STUDIES = {1: "singh2024_omniglot_s1_baseline", 3: "singh2024_omniglot_s3_single_head", 4: "singh2024_omniglot_s4_wiring",
+                    5: "singh2024_omniglot_s5_subcircuits", 7: "singh2024_omniglot_s7_graft"}
 OMNIGLOT_SWEEPS = {
     1: "clamp sweep experiments/singh2024/studies/omniglot_s1_baseline.yaml --ensemble 5 --jobs 1",
     3: "clamp sweep experiments/singh2024/studies/omniglot_s3_single_head.yaml --ensemble 3 --jobs 2",
+    4: "clamp sweep experiments/singh2024/studies/omniglot_s4_wiring.yaml --ensemble 5 --jobs 2",
     5: "clamp sweep experiments/singh2024/studies/omniglot_s5_subcircuits.yaml --ensemble 5 --jobs 2",
+    7: "clamp sweep experiments/singh2024/studies/omniglot_s7_graft.yaml --ensemble 3 --jobs 2",
 }
 BANKS = {  # the exemplar sets reported, main first
     "omniglot": {"studies": OMNIGLOT_STUDIES, "sweeps": OMNIGLOT_SWEEPS, "prefix": "omniglot_", "heading": "Omniglot features — ",
@@ -444,8 +447,9 @@ class Report:
         if not g4:
             self.missing(4)
         else:
-            labels = {"none": "no clamp (study 5)", "pt_1": "L0H0 perfect previous-token (study 5)", "pt_3": "L0H0-2 perfect", "pt_all": "all 8 L0 heads perfect"}
+            labels = {"none": "no clamp (study 5)", "pt_1": "one L0 head perfect previous-token (study 5)", "pt_3": "three L0 heads perfect", "pt_all": "all 8 L0 heads perfect"}
             groups_figure(groups, self.figures / f"{self.prefix}study4_wiring.png", "Study 4: perfect previous-token patterns on 1, 3, 8 layer-0 heads (one L1 head active)", labels)
+            self.role_table(groups)
             self.add(f"![study 4](figures/{self.prefix}study4_wiring.png)", "", "| condition | n | learning speed | final loss |", "|---|---|---|---|")
             speeds = {}
             for c, runs in groups.items():
@@ -631,7 +635,7 @@ class Report:
             return
         base = [r for r in self.groups(1).get("base", []) if r.seed in {r.seed for rs in groups.values() for r in rs}]
         allg = {"no graft (study 1)": base, **groups} if base else dict(groups)
-        groups_figure(allg, self.figures / f"{self.prefix}study7_graft.png", "Study 7: layer 0 grafted from trained models (seed-0 model)")
+        groups_figure(allg, self.figures / f"{self.prefix}study7_graft.png", "Study 7: layer 0 grafted from trained models")
         self.add(f"![study 7](figures/{self.prefix}study7_graft.png)", "", "| condition | n | learning speed | final loss | final strength of the top L1 head |", "|---|---|---|---|---|")
         sp = {}
         for c, runs in allg.items():
@@ -643,7 +647,7 @@ class Report:
         per = {c: sp[c]["mean"] for c in groups}
         faster = [c for c, x in per.items() if x and b and x < b]
         self.verdict("graft", (
-            "With layer 0 grafted from a trained model, the seed-0 model reaches 0.4 ln 2 at "
+            f"With layer 0 grafted from a trained model, the models (seeds {sorted({r.seed for rs in groups.values() for r in rs})}) reach 0.4 ln 2 at "
             + ", ".join(f"{_steps(x)}{' steps' if x else ''} ({c})" for c, x in per.items()) + f", against {_steps(b)} without a graft. "
             + (f"Grafts from every source speed learning up." if len(faster) == len(per)
                else f"Only {', '.join(faster) or 'none'} speeds learning up; a layer 0 trained from another initialisation is not usable by this "
