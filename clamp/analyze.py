@@ -176,6 +176,7 @@ def analyze(model: Transformer, batch: Mapping[str, torch.Tensor], reference: st
             "patterns_preserved": row(_evaluate(model, batch, ablate + _preserve(L, "pattern", reference), clean)),
             "values_preserved": row(_evaluate(model, batch, ablate + _preserve(L, "v", reference), clean)),
         })
+    grouped = grouped_path_ablations(model, batch, P, L, reference, clean, base)
     return {
         "induction_layer": L,
         "previous_layer": P,
@@ -187,7 +188,43 @@ def analyze(model: Transformer, batch: Mapping[str, torch.Tensor], reference: st
         "fix_strongest_errors": {"strongest": top, "per_head": fixes},
         "add_back": add_back,
         "path_ablations": path,
+        "grouped_path_ablations": grouped,
     }
+
+
+PREV_TOKEN_FORMED = 0.5  # a previous-layer head "is a previous-token head" above this label -> exemplar attention
+
+
+def grouped_path_ablations(model: Transformer, batch: Mapping[str, torch.Tensor], P: int, L: int, reference: str,
+                           clean: Mapping[str, Any], base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The paper's grouped form of the path analysis: the previous layer's previous-token heads (label ->
+    exemplar attention > PREV_TOKEN_FORMED on this batch, from its real patterns) ablated together, and its
+    other heads together, each plainly, with layer L's patterns kept and with its values kept; accuracy
+    and loss. One head alone is often redundant (several previous-token heads), so only groups show which
+    path a kind of head acts through. Empty when the batch has no ``feature_mask`` (not the exemplar task)."""
+    scores = heads.all_head_scores(model, batch)
+    if "label_to_exemplar" not in scores:
+        return []
+    pt = scores["label_to_exemplar"][P]
+    prev = [h for h in range(model.cfg.n_heads) if float(pt[h]) > PREV_TOKEN_FORMED]
+    other = [h for h in range(model.cfg.n_heads) if h not in prev]
+    out = []
+    for name, hs in (("previous-token heads", prev), ("other heads", other)):
+        if not hs:
+            continue
+        ablate = _zero(P, hs)
+
+        def measured(extra: list[dict[str, Any]]) -> dict[str, float]:
+            res = _evaluate(model, batch, ablate + extra, clean)
+            return {"loss": res["loss"], "acc": res["acc"]}
+
+        out.append({
+            "group": name, "layer": P, "heads": hs, "scores": [float(pt[h]) for h in hs], "base": {"loss": base["loss"], "acc": base["acc"]},
+            "plain": measured([]),
+            "patterns_preserved": measured(_preserve(L, "pattern", reference)),
+            "values_preserved": measured(_preserve(L, "v", reference)),
+        })
+    return out
 
 
 # --------------------------------------------------------------------------- writing
@@ -225,6 +262,13 @@ def markdown(result: Mapping[str, Any]) -> str:
     for r in result["path_ablations"]:
         cells = [f"{_f(r[k]['acc'])} / {_f(r[k]['loss'])}" for k in ("plain", "patterns_preserved", "values_preserved")]
         lines.append(f"| {r['ablated']} | " + " | ".join(cells) + " |")
+    if result.get("grouped_path_ablations"):
+        lines += ["", f"Grouped (the paper's form): layer-{P} heads with label -> exemplar attention > {PREV_TOKEN_FORMED} ablated together, "
+                  "and the other heads together (accuracy, loss):", "",
+                  "| group | heads | plain | patterns preserved | values preserved |", "|---|---|---|---|---|"]
+        for r in result["grouped_path_ablations"]:
+            cells = [f"{_f(r[k]['acc'])} / {_f(r[k]['loss'])}" for k in ("plain", "patterns_preserved", "values_preserved")]
+            lines.append(f"| {r['group']} | " + ", ".join(f"L{P}H{h}" for h in r["heads"]) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

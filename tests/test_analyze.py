@@ -116,3 +116,23 @@ def test_cli_writes_json_markdown_and_figure(tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(SystemExit):
         main(["analyze", str(run / "checkpoints" / "last.ckpt"), "--split", "nope"])
     assert "split='nope' is not an eval split of this task; valid: ['ic', 'iw']" in capsys.readouterr().err
+
+
+def test_grouped_path_ablations_split_heads_by_their_measured_previous_token_score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper's grouped form: previous-token heads (scored on the batch's real patterns) ablated together, the rest together."""
+    import clamp.analyze as A
+    from clamp.metrics import heads
+
+    run, model = _run(tmp_path)
+    _, batch = load_eval_batch(run / "config.yaml")
+    pt = heads.all_head_scores(model, batch)["label_to_exemplar"][0]
+    cut = float(pt.median())  # random weights: split the heads at their median score, so both groups exist
+    monkeypatch.setattr(A, "PREV_TOKEN_FORMED", cut)
+    groups = {g["group"]: g for g in analyze(load_model(run / "checkpoints" / "last.ckpt"), batch)["grouped_path_ablations"]}
+    prev = [h for h in range(4) if float(pt[h]) > cut]
+    assert groups["previous-token heads"]["heads"] == prev and groups["other heads"]["heads"] == [h for h in range(4) if h not in prev]
+    zero = [{"site": f"layer0.head{h}.z", "op": {"kind": "zero"}, "name": f"z{h}"} for h in prev]
+    plain = groups["previous-token heads"]["plain"]
+    assert (plain["loss"], plain["acc"]) == pytest.approx(_loss_acc(model, batch, zero), rel=1e-5)
+    kept = groups["previous-token heads"]["patterns_preserved"]["loss"]
+    assert kept != pytest.approx(plain["loss"], rel=1e-4)  # keeping layer 1's clean patterns changes the outcome

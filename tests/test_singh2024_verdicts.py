@@ -114,3 +114,22 @@ def test_finding6_smooth_one_left_and_plateau_many_left_pass_a_curve_starting_at
     at_ln2 = lambda k: (STEPS, noisy(LN2 * np.exp(-STEPS / 800) + 0.01, k))  # noqa: E731
     v, found = V.finding6({"copy": [at_ln2(k) for k in range(3)]}, {"copy": 2})
     assert v.status == V.NOT and not any(p.arrived for p in found["copy"])
+
+
+def _group(name: str, plain: float, patterns_kept: float, values_kept: float, base: float = 1.0) -> dict:
+    return {"group": name, "base": {"acc": base}, "plain": {"acc": plain}, "patterns_preserved": {"acc": patterns_kept}, "values_preserved": {"acc": values_kept}}
+
+
+def test_finding5_grouped_paths_passes_on_key_path_previous_token_heads_and_value_path_others() -> None:
+    seed = [_group("previous-token heads", 0.5, 0.98, 0.55), _group("other heads", 0.7, 0.72, 0.97)]
+    per = {s: V.finding5_grouped_seed(seed) for s in range(5)}
+    assert V.path_kind(seed[0]) == "K" and V.path_kind(seed[1]) == "V"
+    assert V.finding5_grouped(per).status == V.REPRODUCED
+
+
+def test_finding5_grouped_paths_fails_when_the_others_do_not_matter_or_paths_are_mixed() -> None:
+    redundant = [_group("previous-token heads", 0.5, 0.98, 0.55), _group("other heads", 0.99, 0.99, 1.0)]  # ablating them costs nothing
+    mixed = [_group("previous-token heads", 0.5, 0.7, 0.6), _group("other heads", 0.7, 0.72, 0.97)]
+    assert V.path_kind(redundant[1]) == "none" and V.path_kind(mixed[0]) == "mixed"
+    per = {0: V.finding5_grouped_seed(redundant), 1: V.finding5_grouped_seed(mixed), 2: V.finding5_grouped_seed(mixed)}
+    assert V.finding5_grouped(per).status == V.NOT

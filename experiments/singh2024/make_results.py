@@ -95,6 +95,8 @@ def export(runs: Path, results: Path, analyze: bool = True) -> list[str]:
             src = rec.parent
             record = json.loads(rec.read_text())
             dst = results / src.relative_to(runs)
+            if analyze and exp in (STUDIES[1], OMNIGLOT_STUDIES[1]) and _stale_analysis(dst) and (src / "checkpoints" / "last.ckpt").is_file():
+                notes += _analyze(src, dst)  # an analysis from before the grouped path ablations: redo it
             if (dst / "curves.csv").is_file() and (dst / "curves.csv").stat().st_mtime >= rec.stat().st_mtime:
                 continue  # exported since the run last changed
             scalars = read_scalars(src)
@@ -130,6 +132,11 @@ def _wall(run_dir: Path) -> dict[str, float]:
     times = [SummaryReader(str(f), extra_columns={"wall_time"}).scalars["wall_time"] for f in sorted(run_dir.glob("events.out.tfevents.*"))]
     times = [t for t in times if len(t)]
     return {"start": float(min(t.min() for t in times)), "end": float(max(t.max() for t in times))} if times else {}
+
+
+def _stale_analysis(dst: Path) -> bool:
+    """An exported analysis.json written before `clamp analyze` had grouped path ablations."""
+    return (dst / "analysis.json").is_file() and "grouped_path_ablations" not in json.loads((dst / "analysis.json").read_text())
 
 
 def _analyze(src: Path, dst: Path) -> list[str]:
@@ -494,6 +501,30 @@ class Report:
         self.add("")
         v = verdicts.finding5_paths(kinds_per_seed)
         self.verdict(verdicts.Verdict(v.finding, v.status, f"Layer-0 heads with a previous-token score > 0.5: {fmt(stat(n_pt), 2)} per seed. " + v.text))
+        self.grouped_paths(runs)
+
+    def grouped_paths(self, runs: Sequence[RunData]) -> None:
+        """The paper's grouped path analysis: previous-token heads together, the other layer-0 heads together (accuracy)."""
+        grouped = {r.seed: json.loads((r.dir / "analysis.json").read_text()).get("grouped_path_ablations") for r in runs}
+        if not any(grouped.values()):
+            self.add("_Grouped path ablations: study 1's analyses predate them; re-export with the checkpoints present "
+                     "(`make_results.py` re-runs `clamp analyze` on them)._", "")
+            self.verdicts.append(("finding 5 (grouped paths)", "not run yet"))
+            return
+        self.add("Grouped path ablations (the paper's form, `clamp analyze`): layer-0 heads with label → exemplar attention > 0.5 on "
+                 "the eval batch ablated together, and the other layer-0 heads together; accuracy (base → ablated). Path: K = keys/queries, "
+                 f"V = values, none = the plain ablation costs < {verdicts.F5G_MIN_DROP} accuracy.", "",
+                 "| seed | group | heads | base | plain | patterns kept | values kept | path |", "|---|---|---|---|---|---|---|---|")
+        per = {}
+        for seed, groups in sorted(grouped.items()):
+            if not groups:
+                continue
+            for g in groups:
+                self.add(f"| {seed} | {g['group']} | " + ", ".join(f"L{g['layer']}H{h}" for h in g["heads"]) + f" | {g['base']['acc']:.3f} | "
+                         f"{g['plain']['acc']:.3f} | {g['patterns_preserved']['acc']:.3f} | {g['values_preserved']['acc']:.3f} | {verdicts.path_kind(g)} |")
+            per[seed] = verdicts.finding5_grouped_seed(groups)
+        self.add("")
+        self.verdict(verdicts.finding5_grouped(per))
 
     # -------------------------------------------------------------- study 5
     def study5(self) -> None:

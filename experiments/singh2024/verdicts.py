@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,8 @@ F3_TIE = 0.01  # the strongest head alone is the best single head, within this a
 F4_MAX_RHO = -0.3  # heads fast alone end up strong: Spearman(solo steps, full strength) at most this (3+ heads)
 F5_FEW_SIMILAR = 1.3  # one vs three clamped heads: learning speeds within this factor
 F5_ALL_SLOWER = 1.2  # all eight clamped: at least this much slower than the slower of one / three
+F5G_MIN_DROP = 0.05  # a group "matters": its plain ablation costs at least this accuracy
+F5G_RATIO = 2.0  # a path dominates: its drop is at least this many times the other's
 F6_ONE_LEFT = "one"  # conditions leaving one subcircuit to learn: no plateau-then-drop
 F6_MANY_LEFT = "many"  # two or more left: plateau-then-drop
 
@@ -61,6 +64,11 @@ CRITERIA: tuple[tuple[str, str, str], ...] = (
     ("finding 5 (paths)", "previous-token heads act through L1's keys; other L0 heads through values",
      "per seed, among L0 heads whose plain ablation costs > 0.05 loss: ≥ 1 acts mainly through keys/queries and ≥ 1 mainly "
      "through values or both"),
+    ("finding 5 (grouped paths)", "ablating the previous-token heads hurts little with L1's patterns kept and a lot with its values kept; the other L0 heads the reverse",
+     f"per seed (study 1's final checkpoint; `clamp analyze`'s grouped ablations, L0 heads with label -> exemplar attention > 0.5 "
+     f"as one group, the rest as another): each group's plain ablation costs ≥ {F5G_MIN_DROP} accuracy; the previous-token group "
+     f"acts through keys/queries (accuracy drop with values kept ≥ ×{F5G_RATIO} the drop with patterns kept) and the other group "
+     "through values (the reverse)"),
     ("finding 6", "one subcircuit left to learn: smooth descent; two or more: plateau then abrupt drop",
      "per condition, a majority of seeds behaves as claimed under the plateau-then-drop rule (one left: learns without "
      "passing it; ≥ 2 left: passes it; a curve starting at ln 2 has no plateau); reproduced when every condition does"),
@@ -238,6 +246,37 @@ def finding5_paths(kinds_per_seed: Mapping[int, Sequence[str]]) -> Verdict:
             + "; ".join(f"seed {s}: {list(k).count('K')} / {list(k).count('V')} / {list(k).count('mixed')}" for s, k in kinds_per_seed.items())
             + f". {_count(ok)} have both a key-path and a value-path head.")
     return Verdict("finding 5 (paths)", tally(ok), text)
+
+
+
+
+def path_kind(group: Mapping[str, Any]) -> str:
+    """'K' (acts through L1's keys/queries), 'V' (through its values), 'mixed', or 'none' (the group does not matter),
+    from accuracy drops: keeping L1's patterns removes a key-path effect, keeping its values removes a value-path one."""
+    base = group["base"]["acc"]
+    plain, drop_p, drop_v = (base - group[k]["acc"] for k in ("plain", "patterns_preserved", "values_preserved"))
+    if plain < F5G_MIN_DROP:
+        return "none"
+    if drop_v >= F5G_MIN_DROP and drop_v >= F5G_RATIO * max(drop_p, 0.0):
+        return "K"
+    if drop_p >= F5G_MIN_DROP and drop_p >= F5G_RATIO * max(drop_v, 0.0):
+        return "V"
+    return "mixed"
+
+
+def finding5_grouped_seed(groups: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``groups``: one seed's ``grouped_path_ablations``; passes when previous-token heads act through keys and the rest through values."""
+    kinds = {g["group"]: path_kind(g) for g in groups}
+    return {"kinds": kinds, "pass": kinds.get("previous-token heads") == "K" and kinds.get("other heads") == "V"}
+
+
+def finding5_grouped(per: Mapping[int, Mapping[str, Any]]) -> Verdict:
+    ok = [bool(m["pass"]) for m in per.values()]
+    text = ("Per seed, the path the previous-token group / the other group acts through (K = keys/queries, V = values, none = "
+            f"its ablation costs < {F5G_MIN_DROP} accuracy): "
+            + "; ".join(f"seed {s}: {m['kinds'].get('previous-token heads', 'no such heads')} / {m['kinds'].get('other heads', 'no such heads')}"
+                        for s, m in per.items()) + f". {_count(ok)} show K / V.")
+    return Verdict("finding 5 (grouped paths)", tally(ok), text)
 
 
 # ---------------------------------------------------------------------------------------- finding 6
