@@ -350,6 +350,7 @@ def sites_main(argv: list[str]) -> None:
               "Lists every site interventions can target (name and shape) for the config's model and task.")  # fmt: skip
         return
     _quiet_third_parties()
+    _check_config_files(argv)
     cli = cli_main(argv, run=False)
     model = cli.model.model
     n_ctx, batch = model.cfg.n_ctx, getattr(cli.datamodule, "batch_size", "B")
@@ -360,6 +361,13 @@ def sites_main(argv: list[str]) -> None:
         shape = ", ".join(f"{d}={info.sizes.get(d, sized.get(d))}" for d in info.dims)
         print(f"  {info.name:<22} [{shape}]")
     print("selectors: layer<L>.head<H>.<site> (H in 0..{0} or *) picks heads; layer*.<site> every layer".format(model.cfg.n_heads - 1))
+    print("TransformerLens hook names are accepted too, e.g. blocks.0.attn.hook_pattern = layer0.pattern, blocks.1.attn.hook_z = layer1.z")
+    task = getattr(cli.datamodule, "task", None)
+    layout = task.layout() if task is not None and hasattr(task, "layout") else None
+    if layout:
+        print(f"positions of {type(task).__name__} (the pos / q_pos / k_pos axes; `positions: [-1]` is the last):")
+        for i, what in enumerate(layout):
+            print(f"  pos {i:<3} {what}")
 
 
 def null_main(argv: list[str]) -> None:
@@ -456,15 +464,18 @@ def main(argv: list[str] | None = None) -> None:
     if args[0] in COMMANDS:
         target, _, *takes_debug = COMMANDS[args[0]]
         module, fn = target.split(":")
-        getattr(importlib.import_module(module), fn)(args[1:] + (["--debug"] if debug and takes_debug and takes_debug[0] else []))
-        return
-    if args[0] not in TRAINER_COMMANDS:
+        command = getattr(importlib.import_module(module), fn)
+        rest = args[1:] + (["--debug"] if debug and takes_debug and takes_debug[0] else [])
+        run = lambda: command(rest)  # noqa: E731
+    elif args[0] not in TRAINER_COMMANDS:
         raise SystemExit(f"clamp: unknown command {args[0]!r}; valid: {', '.join([*TRAINER_COMMANDS, *COMMANDS])} (clamp --help)")
-    _quiet_third_parties()
+    else:
+        _quiet_third_parties()
+        run = lambda: _run(argv, args)  # noqa: E731
     if debug:
-        return _run(argv, args)
+        return run()
     try:
-        _run(argv, args)
+        run()
     except SIGTERMException as e:
         sig = received_signal() or signal.SIGTERM
         name = signal.Signals(sig).name

@@ -120,6 +120,28 @@ class UnknownSiteError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+# TransformerLens hook names -> this project's site names (the same activations; TL's per-head hooks
+# carry the head axis too, which the ``head<H>`` selector picks here)
+_TL_BLOCK = {
+    "hook_resid_pre": "resid_pre", "attn.hook_q": "q", "attn.hook_k": "k", "attn.hook_v": "v",
+    "attn.hook_attn_scores": "attn_scores", "attn.hook_pattern": "pattern", "attn.hook_z": "z",
+    "attn.hook_result": "result", "hook_attn_out": "attn_out", "hook_resid_mid": "resid_mid",
+    "mlp.hook_post": "mlp_hidden", "hook_mlp_out": "mlp_out", "hook_resid_post": "resid_post",
+}
+_TL_TOP = {"hook_embed": "embed", "hook_pos_embed": "pos_embed"}
+_TL_RE = re.compile(r"^blocks\.(?P<layer>\d+|\*)\.(?P<hook>.+)$")
+
+
+def from_transformer_lens(name: str) -> str:
+    """``blocks.0.attn.hook_pattern`` -> ``layer0.pattern`` (also ``blocks.*.…``); other names unchanged."""
+    if name in _TL_TOP:
+        return _TL_TOP[name]
+    m = _TL_RE.match(name)
+    if m and m["hook"] in _TL_BLOCK:
+        return f"layer{m['layer']}.{_TL_BLOCK[m['hook']]}"
+    return name
+
+
 _HEAD_RE = re.compile(r"^(?P<prefix>.*?)\.head(?P<head>\d+|\*|\[[^\]]*\])\.(?P<leaf>[^.]+)$")
 
 
@@ -179,7 +201,7 @@ class SiteModelMixin:
     def site(self, name: str) -> Site:
         """The site called ``name``; an unknown name raises with the list of valid sites."""
         try:
-            return self.site_map()[name]
+            return self.site_map()[from_transformer_lens(name)]
         except KeyError:
             raise UnknownSiteError(f"unknown site {name!r}; this model's sites are:\n{self.describe_sites()}") from None
 
@@ -190,6 +212,7 @@ class SiteModelMixin:
         ``layer1.head[1-7].z`` / ``layer1.head[0,2,5].z`` -> a set of heads; ``layer*.resid_post`` -> every layer. ``head=None`` means the whole tensor.
         """
         head: str | None = None
+        selector = from_transformer_lens(selector)
         base = selector
         m = _HEAD_RE.match(selector)
         if m:

@@ -48,6 +48,11 @@ class SyntheticTask(ABC):
     def sample(self, rng: np.random.Generator, batch_size: int, split: str = "train") -> dict[str, torch.Tensor]:
         """Draw ``batch_size`` sequences of ``split`` ('train' or one of ``eval_splits``)."""
 
+    def layout(self) -> list[str] | None:
+        """What each sequence position holds (``clamp sites`` prints it, so a site's ``pos`` axis can be read);
+        ``None`` for tasks whose positions carry no fixed role (e.g. token streams)."""
+        return None
+
     def _check_split(self, split: str) -> None:
         valid = ("train", *self.eval_splits)
         if split not in valid:

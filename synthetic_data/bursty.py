@@ -228,6 +228,11 @@ class BurstyClassification(SyntheticTask):
     def spec(self) -> TaskSpec:
         return TaskSpec(d_vocab=self.n_labels + 1, n_ctx=self.seq_len, d_feature=self.dim, d_out=self.n_labels)
 
+    def layout(self) -> list[str]:
+        """``[x1, l1, ..., xN, lN, xq]``: exemplars and labels in context, then the query exemplar (scored)."""
+        pairs = [p for i in range(1, self.n_context + 1) for p in (f"exemplar {i} (features)", f"label {i} (token)")]
+        return [*pairs, "query exemplar (features; its label is the scored target)"]
+
     def setup(self, seed: int) -> None:
         """Fix from ``seed``: the class means and exemplar bank (Gaussian mode) and the held-out label sets."""
         self._table = self._bank
