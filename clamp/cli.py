@@ -39,7 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from clamp.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from clamp.console import ProgressLines, StepProgressBar, print_run_summary
 from clamp.preemption import GracefulStop, StoppedAtEndOfFit, end_of_command, received_signal
-from clamp.resume import check_resume
+from clamp.resume import check_checkpoint_hparams, check_run_config
 from clamp.runs import find_checkpoint, run_dir_of
 from clamp.training import TrainingModule
 
@@ -149,11 +149,8 @@ class ClampCLI(LightningCLI):
 
     def _check_resume_config(self, cfg: Any, ckpt: Path) -> None:
         """The config given against the run's ``config.yaml`` (the one rule of :func:`clamp.resume.check_resume`)."""
-        saved = run_dir_of(ckpt) / "config.yaml"
-        if not saved.is_file():  # a checkpoint outside a run folder: its hyper-parameters are checked in _run_subcommand
-            return
         given = yaml.safe_load(self._parser(self.subcommand).dump(cfg, skip_none=False))
-        check_resume(yaml.safe_load(saved.read_text()), given, run_dir_of(ckpt), f"{saved.name} ({saved})", error=ConfigError)
+        check_run_config(given, ckpt, error=ConfigError)  # none beside a moved checkpoint: its hyper-parameters are checked in _run_subcommand
 
     def instantiate_trainer(self, **kwargs: Any):  # noqa: ANN201 (Trainer)
         """The configured trainer plus clamp's terminal output: a step bar on a terminal, plain lines otherwise."""
@@ -172,9 +169,7 @@ class ClampCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
         if ckpt and Path(ckpt).is_file():  # the model built from the config against the one the checkpoint was trained as
-            hparams = load_checkpoint(ckpt, mmap=True).get("hyper_parameters")
-            if hparams is not None:
-                check_resume({"model": dict(hparams)}, {"model": dict(self.model.hparams)}, run_dir_of(ckpt), f"checkpoint {ckpt}", error=ConfigError)
+            check_checkpoint_hparams(load_checkpoint(ckpt, mmap=True).get("hyper_parameters"), self.model.hparams, ckpt, error=ConfigError)
         # validate every callback against the instantiated model before anything touches the run
         # folder (the logger creates it lazily, at the start of fit)
         for cb in self.trainer.callbacks:

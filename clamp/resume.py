@@ -11,10 +11,14 @@ says what it kept; the other callbacks measure and log).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from clamp.interventions.callback import config_diff
+from clamp.runs import run_dir_of
 
 #: Dotted config keys (and everything below them) that may differ between a run and its resume.
 SAFE_CHANGES: tuple[str, ...] = (
@@ -48,3 +52,21 @@ def check_resume(old: Any, new: Any, run_dir: str | Path, trained_with: str, err
             f"on resume only {', '.join(SAFE_CHANGES[:-3])} and interventions may change: resume with the config it was "
             f"trained with, or start a new run (another experiment name, or delete {run_dir})"
         )
+
+
+def check_run_config(given: Any, ckpt: str | Path, error: type[Exception] = ResumeError) -> bool:
+    """Check the full config ``given`` (plain data, as dumped by the parser) against the ``config.yaml``
+    of the run folder holding ``ckpt``, by :func:`check_resume`. ``False`` when there is none (a
+    checkpoint outside a run folder: :func:`check_checkpoint_hparams` is then the check)."""
+    saved = run_dir_of(ckpt) / "config.yaml"
+    if not saved.is_file():
+        return False
+    check_resume(yaml.safe_load(saved.read_text()), given, run_dir_of(ckpt), f"{saved.name} ({saved})", error=error)
+    return True
+
+
+def check_checkpoint_hparams(saved: Mapping[str, Any] | None, model: Mapping[str, Any], ckpt: str | Path, error: type[Exception] = ResumeError) -> None:
+    """Check the model's hyper-parameters against those ``ckpt`` was saved with (``saved``; ``None``
+    for a checkpoint not written by a ``TrainingModule``, whose weights' shapes are then the check)."""
+    if saved is not None:
+        check_resume({"model": dict(saved)}, {"model": dict(model)}, run_dir_of(ckpt), f"checkpoint {ckpt}", error=error)

@@ -408,6 +408,6 @@ def test_a_checkpoint_that_cannot_be_resumed_is_an_error_naming_the_run(tmp_path
     hparams = dict(_build_member(runs[0])[0].module.hparams)
     hparams["optimizer"] = {**hparams["optimizer"], "lr": 0.5}
     _fake_checkpoint(runs[0], 6, hyper_parameters=hparams)
-    with pytest.raises(EnsembleError, match=rf"run {runs[0].dir}: checkpoint .* was written with a different config \(optimizer.lr: 0.5 -> 0.001\)"):
+    with pytest.raises(EnsembleError, match=rf"resuming {runs[0].dir} with a different experiment than its checkpoint .*last.ckpt \(model.optimizer.lr: 0.5 -> 0.001\)"):
         train_ensemble(runs[:1])
     assert runs[0].last_ckpt.exists()

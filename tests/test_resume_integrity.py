@@ -171,11 +171,13 @@ def test_a_checkpoint_outside_its_run_folder_is_checked_against_its_hyper_parame
     assert f"than its checkpoint {moved}" in err and "model.optimizer.lr: 0.001 -> 0.01" in err
 
 
-def test_a_sweep_resumed_after_its_file_was_edited_refuses_the_new_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("ensemble", [[], ["--ensemble", "2"]], ids=["plain", "ensemble"])
+def test_a_sweep_resumed_after_its_file_was_edited_refuses_the_new_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str], ensemble: list[str]) -> None:
+    """The same edit refused by the same rule and message (clamp.resume) with and without --ensemble."""
     from tests.test_sweep import _sweep
 
     path = _sweep(tmp_path, seeds=1, **{"model.optimizer.lr": 0.003})
-    main(["sweep", str(path)])
+    main(["sweep", str(path), *ensemble])
     run = tmp_path / "runs" / "study" / "default" / "seed0"
     if not run.is_dir():
         run = next((tmp_path / "runs" / "study").glob("*/seed0"))
@@ -184,8 +186,9 @@ def test_a_sweep_resumed_after_its_file_was_edited_refuses_the_new_settings(tmp_
     path.write_text(path.read_text().replace("model.optimizer.lr: 0.003", "model.optimizer.lr: 0.03"))
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(["sweep", str(path)])
+        main(["sweep", str(path), *ensemble])
     out = capsys.readouterr()
+    assert f"resuming {run} with a different experiment than its config.yaml" in out.out + out.err
     assert "model.optimizer.lr: 0.003 -> 0.03" in out.out + out.err
     assert json.loads(rec_path.read_text())["finished"] is False
     assert "lr: 0.003" in (run / "config.yaml").read_text()

@@ -13,7 +13,8 @@ step in lockstep, so runs are grouped by the step they start from as well: runs 
 different steps train in different ensembles, each from its own checkpoint, so no run repeats or
 skips a step. A run without a checkpoint starts at step 0 (its stale event files, from an attempt
 that never checkpointed, are dropped); a checkpoint that cannot be resumed is an error naming the
-run, never a silent restart.
+run, never a silent restart. An edited config is checked against the run's ``config.yaml`` and the
+checkpoint by the one rule and message of ``clamp fit --resume`` (:mod:`clamp.resume`).
 
 Members fail alone: each run is built and validated (its config, callbacks, interventions, data
 module) before the ensemble is, so an invalid run is named with its own error while the valid ones
@@ -33,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
@@ -42,6 +44,7 @@ from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings,
 from clamp.interventions.callback import ClampCallback
 from clamp.metrics.callback import EmergenceCallback
 from clamp.preemption import received_signal
+from clamp.resume import check_run_config
 from clamp.sweep import ConditionRecord, Run, load_sweep
 
 MEMBER_CALLBACKS = (ClampCallback, EmergenceCallback, ConditionRecord)  # run per member, unchanged
@@ -146,6 +149,8 @@ def _build_member(run: Run) -> tuple[Member, Any]:
         checkpoint=any(isinstance(cb, ModelCheckpoint) for cb in trainer.callbacks),
         name=f"{run.condition}/seed{run.seed}",
     )
+    if run.status() == "resume":  # the one resume rule of clamp fit, before config.yaml is rewritten
+        check_run_config(yaml.safe_load(cli.parser.dump(cli.config, skip_none=False)), run.last_ckpt, error=EnsembleError)
     for cb in trainer.callbacks:
         if isinstance(cb, SaveConfigCallback):
             cb.setup(trainer, cli.model, "fit")  # config.yaml, as clamp fit writes it

@@ -35,9 +35,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from clamp.checkpoint_io import load_checkpoint, save_atomic
 from clamp.ensemble.members import MemberRouter, share_storage
-from clamp.interventions.callback import config_diff
 from clamp.interventions.engine import zero_missing_grads
 from clamp.preemption import StoppedAtEndOfFit, stop_signals
+from clamp.resume import check_checkpoint_hparams
 from clamp.training import DivergenceError, TrainingModule, masked_loss_and_accuracy
 from models.ensemble import EnsembleTransformer
 from synthetic_data.base import model_inputs
@@ -554,12 +554,6 @@ def read_checkpoint(path: Path, run_dir: Path, mmap: bool = False) -> dict[str, 
 
 
 def _check_same_config(m: Member, ckpt: dict[str, Any]) -> None:
-    """Refuse a checkpoint written with other hyper-parameters (model, optimizer, task) than the member's."""
-    if "hyper_parameters" not in ckpt:  # not written by a TrainingModule: the weights' shapes are the check
-        return
-    changes = config_diff(dict(ckpt["hyper_parameters"]), dict(m.module.hparams))
-    if changes:
-        raise EnsembleError(
-            f"run {m.run_dir}: checkpoint {m.resume_from} was written with a different config ({'; '.join(changes)}); "
-            "resume it with the config it was trained with, or delete the run folder to restart it"
-        )
+    """Refuse a checkpoint written with other hyper-parameters (model, optimizer, task) than the member's,
+    by the one resume rule of ``clamp fit`` (:mod:`clamp.resume`)."""
+    check_checkpoint_hparams(ckpt.get("hyper_parameters"), m.module.hparams, m.resume_from, error=EnsembleError)  # type: ignore[arg-type]
