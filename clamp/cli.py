@@ -40,6 +40,7 @@ from clamp.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from clamp.console import ProgressLines, StepProgressBar, print_run_summary
 from clamp.preemption import GracefulStop, StoppedAtEndOfFit, end_of_command, received_signal
 from clamp.resume import check_checkpoint_hparams, check_run_config
+from clamp.run_files import name_event_file_errors
 from clamp.runs import find_checkpoint, run_dir_of
 from clamp.training import TrainingModule
 
@@ -154,6 +155,7 @@ class ClampCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):  # noqa: ANN201 (Trainer)
         """The configured trainer plus clamp's terminal output: a step bar on a terminal, plain lines otherwise."""
+        name_event_file_errors()  # a full log disk: one line naming the event file (fit and ensemble members)
         if self.subcommand is None:  # built, not run: no terminal output
             return super().instantiate_trainer(**kwargs)
         trainer_cfg = self.config_init[self.subcommand]["trainer"]

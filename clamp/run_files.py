@@ -3,6 +3,12 @@
 ``write_summary`` is the one way a run's summary reaches disk — at the end of fit, on an
 exception, on SIGTERM/SIGINT — so readers (``clamp report``, a printed end-of-run summary) can
 trust ``complete`` to tell a finished run from a stopped one.
+
+TensorBoard writes event files from a background thread, whose failure (a full disk) printed a
+thread traceback and then ``[Errno 28] No space left on device`` naming no file.
+:func:`name_event_file_errors` makes every event file clamp's runs write (through
+``torch.utils.tensorboard``, as Lightning's ``TensorBoardLogger`` does) fail in the main thread,
+once, with an :class:`EventFileWriteError` naming the file and the cause.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 SUMMARY_FILE = "summary.json"
 
@@ -66,3 +73,86 @@ def write_summary(run_dir: str | Path, summary: Mapping[str, Any], *, complete: 
     or not, with ``stopped`` saying why it ended early (a signal, divergence, an error)."""
     data = {"complete": complete, **({"stopped": stopped} if stopped else {}), **summary}
     return write_json_atomic(Path(run_dir) / SUMMARY_FILE, data)
+
+
+class EventFileWriteError(OSError):
+    """An event file could not be written (the message names the file and the cause)."""
+
+
+class _NamedRecordWrites:
+    """A TensorBoard ``RecordWriter`` stand-in for the writer thread: the first failed write or flush
+    is kept as an :class:`EventFileWriteError` naming ``path`` (raised in the main thread by
+    :class:`NamedEventFileWriter`) instead of killing the thread with a traceback; later records
+    are dropped, as the disk takes no more."""
+
+    def __init__(self, inner: Any, path: str) -> None:
+        self.inner, self.path = inner, path
+        self.error: EventFileWriteError | None = None
+
+    def _guarded(self, what: str, *args: Any) -> None:
+        if self.error is not None:
+            return
+        try:
+            getattr(self.inner, what)(*args)
+        except OSError as e:
+            self.error = EventFileWriteError(e.errno, f"could not write event file {self.path} ({e.strerror or e}); the events logged from here on are lost, the earlier ones are kept")
+
+    def write(self, data: bytes) -> None:
+        self._guarded("write", data)
+
+    def flush(self) -> None:
+        self._guarded("flush")
+
+    def close(self) -> None:
+        self._guarded("close")
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.inner.closed)
+
+
+class NamedEventFileWriter(EventFileWriter):
+    """TensorBoard's ``EventFileWriter`` whose write failures name the file, once, in the main thread."""
+
+    def __init__(self, logdir: str, *args: Any, **kwargs: Any) -> None:
+        self._named_raised = False
+        try:
+            super().__init__(logdir, *args, **kwargs)
+        except OSError as e:
+            if isinstance(e, EventFileWriteError):
+                raise
+            raise EventFileWriteError(e.errno, f"could not create an event file in {logdir} ({e.strerror or e})") from e
+
+    def _records(self) -> _NamedRecordWrites:
+        """The guarded record writer, put in place before the first event is queued."""
+        writer = self._async_writer
+        if not isinstance(writer._writer, _NamedRecordWrites):
+            writer._writer = writer._worker._record_writer = _NamedRecordWrites(writer._writer, self._file_name)
+        return writer._writer
+
+    def _raise_failure(self) -> None:
+        records = self._records()
+        if records.error is not None and not self._named_raised:
+            self._named_raised = True  # once: teardown's flushes must not bury the message under repeats
+            raise records.error
+
+    def add_event(self, event: Any) -> None:
+        self._records()
+        self._raise_failure()
+        super().add_event(event)
+
+    def flush(self) -> None:
+        super().flush()
+        self._raise_failure()
+
+    def close(self) -> None:
+        super().close()
+        self._raise_failure()
+
+
+def name_event_file_errors() -> None:
+    """Make ``torch.utils.tensorboard``'s writers (those of Lightning's ``TensorBoardLogger``) create
+    :class:`NamedEventFileWriter` s; idempotent. Called where clamp builds a trainer."""
+    import torch.utils.tensorboard.writer as tb_writer
+
+    tb_writer.EventFileWriter = NamedEventFileWriter  # type: ignore[misc]

@@ -4,17 +4,20 @@ refuse a different experiment, and the runaway-loss guard (issues 18 and 23)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
+import os
 import resource
 import signal
+import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from clamp import checkpoint_io
 from clamp.checkpoint_io import CheckpointWriteError, load_checkpoint, save_atomic
 from clamp.cli import main
 from clamp.ensemble.trainer import EnsembleError, read_checkpoint
@@ -80,13 +83,87 @@ def test_clamp_fit_writes_checkpoints_atomically_by_default(tmp_path: Path, caps
     assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 20
 
 
-def test_ensemble_checkpoints_are_written_through_the_atomic_writer() -> None:
-    import inspect
+def test_a_full_disk_during_an_ensemble_keeps_each_members_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The ensemble loop writes through the atomic writer too: the third checkpoint write (step 6) fails
+    half-way, and each member keeps its step-3 checkpoint, with no 0-byte or temporary file beside it."""
+    from tests.test_sweep import _sweep
 
-    from clamp.ensemble import trainer
+    real, full, calls = torch.save, _disk_full_after(100), []
 
-    assert "save_atomic(" in inspect.getsource(trainer.EnsembleTrainer._save_checkpoint)
-    assert trainer.save_atomic is checkpoint_io.save_atomic
+    def save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        calls.append(getattr(f, "name", f))
+        return (real if len(calls) <= 2 else full)(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(SystemExit):
+        main(["sweep", str(_sweep(tmp_path, seeds=2)), "--ensemble", "2"])
+    out = capsys.readouterr().out
+    assert "0 ran, 2 failed" in out and "could not write checkpoint" in out and "No space left on device" in out, out
+    for ckpts in (tmp_path / "runs" / "study").glob("*/seed*/checkpoints"):
+        assert [p.name for p in ckpts.iterdir()] == ["last.ckpt"]
+        assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 3
+    assert len(list((tmp_path / "runs" / "study").glob("*/seed*/checkpoints"))) == 2
+
+
+def _one_error(err: str) -> str:
+    """The command's one error line (the other stderr line is the --debug hint); no thread traceback or warning."""
+    lines = [ln for ln in err.strip().splitlines() if "--debug" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("clamp: error: "), lines
+    return lines[0]
+
+
+def test_a_full_log_disk_names_the_event_file_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """TensorBoard's writer thread fails on a full disk: the command stops with one line naming the event
+    file and the cause (it printed a thread traceback and '[Errno 28] No space left on device' before)."""
+    from tensorboard.summary.writer import record_writer
+
+    real, writes = record_writer.RecordWriter.write, []
+
+    def write(self, data: bytes) -> None:  # noqa: ANN001
+        writes.append(len(data))
+        if len(writes) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    with pytest.raises(SystemExit) as exit_info:
+        _fit(tmp_path, "full_log", 20)
+    assert exit_info.value.code == 1
+    run = tmp_path / "runs" / "full_log" / "version_0"
+    (events,) = run.glob("events.out.tfevents.*")
+    line = _one_error(capsys.readouterr().err)
+    assert f"could not write event file {events} (No space left on device)" in line, line
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and str(events) in summary["stopped"]
+
+
+def test_a_failed_summary_write_at_the_end_of_fit_is_one_line_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    real_mkstemp, real_fdopen, full = tempfile.mkstemp, os.fdopen, set()
+
+    def mkstemp(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        fd, name = real_mkstemp(*args, **kwargs)
+        if Path(name).name.startswith(".summary.json."):
+            full.add(fd)
+        return fd, name
+
+    def fdopen(fd: int, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        f = real_fdopen(fd, *args, **kwargs)
+        if fd in full:
+            f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))  # type: ignore[method-assign]
+        return f
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(SystemExit) as exit_info, warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _fit(tmp_path, "full_summary", 20)
+    assert exit_info.value.code == 1 and full
+    assert not [w for w in record if "could not write summary.json" in str(w.message)]  # no second report of the same failure
+    run = tmp_path / "runs" / "full_summary" / "version_0"
+    line = _one_error(capsys.readouterr().err)
+    assert f"could not write {run / 'summary.json'} (No space left on device)" in line, line
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name == "summary.json"]
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 20  # the checkpoint is whole
 
 
 # ============================================================ 18.5: checkpoints load with weights_only=True

@@ -506,7 +506,8 @@ class EmergenceCallback(Callback):
             self._flush_losses()
             write_summary(self._log_dir, self.summarize(trainer), complete=False, stopped=stop_reason(exception))
         except Exception as e:  # never mask the exception that stopped the run
-            rank_zero_warn(f"could not write summary.json after {type(exception).__name__}: {e}")
+            if str(e) != str(exception):  # the same failed write (a full disk) is the one line the command prints
+                rank_zero_warn(f"could not write summary.json after {type(exception).__name__}: {e}")
 
     # ------------------------------------------------------------------ summary
     def _phase_curves(self) -> list[str]:
