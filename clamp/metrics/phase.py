@@ -319,18 +319,32 @@ def detect_phase_change(
     on windows of the curve (``WINDOW_STARTS`` x ``WINDOW_ENDS``, at least ``MIN_WINDOW`` of the
     span) and the significant transition with the largest jump is returned.
     """
+    t, y = _checked(steps, values, direction, scale)
+    return _search(t, y, direction, min_jump, _floor(y, scale, min_jump))[0]
+
+
+def _checked(steps: ArrayLike, values: ArrayLike, direction: Direction, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The public detectors' argument checks, then the cleaned, sorted points."""
     if direction not in ("auto", "rise", "drop"):
         raise ValueError(f"direction must be 'auto', 'rise' or 'drop', got {direction!r}")
-    t, y = _clean(steps, values)
     if scale is not None and not scale > 0:
         raise ValueError(f"scale must be > 0 (the range of the quantity), got {scale}")
-    floor = _jump_floor(y, scale) if min_jump is None and y.size else 0.0
-    return _detect_windowed(t, y, direction, min_jump, floor)[0]
+    return _clean(steps, values)
 
 
-def _detect_windowed(t: np.ndarray, y: np.ndarray, direction: Direction, min_jump: float | None, floor: float) -> tuple[PhaseChange | None, int]:
-    """The whole-curve fit, else the largest significant jump over windows of the curve; with the
-    index of the first point of the window it was found on."""
+def _floor(y: np.ndarray, scale: float | None, min_jump: float | None) -> float:
+    """The default rule's floor on ``|jump|`` from the points ``y`` (none when ``min_jump`` replaces the rule)."""
+    return _jump_floor(y, scale) if min_jump is None and y.size else 0.0
+
+
+def _in_window(pc: PhaseChange, first: float, last: float) -> PhaseChange:
+    """``pc`` with its ``method`` naming the window of steps ``first``-``last`` it was fitted on."""
+    return PhaseChange(**{**pc.to_dict(), "method": f"{METHOD} (window {first:g}-{last:g})"})
+
+
+def _search(t: np.ndarray, y: np.ndarray, direction: Direction, min_jump: float | None, floor: float) -> tuple[PhaseChange | None, int]:
+    """The one search both public detectors run: the whole-span fit, else the largest significant
+    jump over windows of the span; with the index of the first point of the window it was found on."""
     found = _detect(t, y, direction, min_jump, floor)
     if found is not None or t.size < 2 * MIN_POINTS:
         return found, 0
@@ -345,8 +359,7 @@ def _detect_windowed(t: np.ndarray, y: np.ndarray, direction: Direction, min_jum
                 continue
             pc = _detect(t[keep], y[keep], direction, min_jump, floor)
             if pc is not None:
-                window = f"{METHOD} (window {t[keep][0]:g}-{t[keep][-1]:g})"
-                candidates.append((PhaseChange(**{**pc.to_dict(), "method": window}), int(np.argmax(keep))))
+                candidates.append((_in_window(pc, t[keep][0], t[keep][-1]), int(np.argmax(keep))))
     return max(candidates, key=lambda c: abs(c[0].jump), default=(None, 0))
 
 
@@ -375,26 +388,19 @@ def detect_phase_changes(
     settling at the last point is not reported yet. The plateau-support constraint keeps every
     midpoint at least ``max(3, 2 %)`` points inside its window, so no fit sits on a window's edge.
     """
-    if direction not in ("auto", "rise", "drop"):
-        raise ValueError(f"direction must be 'auto', 'rise' or 'drop', got {direction!r}")
-    if scale is not None and not scale > 0:
-        raise ValueError(f"scale must be > 0 (the range of the quantity), got {scale}")
-    t, y = _clean(steps, values)
+    t, y = _checked(steps, values, direction, scale)
     found: list[PhaseChange] = []
     origin, end, track = 0, MIN_POINTS, None  # track: start of the window holding a transition still settling
     while end <= t.size:
-        floor = _jump_floor(y[:end], scale) if min_jump is None else 0.0
+        floor = _floor(y[:end], scale, min_jump)  # from the points written so far only
         pc = _detect(t[track:end], y[track:end], direction, min_jump, floor) if track is not None else None
-        if pc is not None:
-            pc = PhaseChange(**{**pc.to_dict(), "method": f"{METHOD} (window {t[track]:g}-{t[end - 1]:g})"})
-        else:  # no transition being tracked (or it faded as the window grew): search the whole segment
-            track = None
-            pc, lo = _detect_windowed(t[origin:end], y[origin:end], direction, min_jump, floor)
+        if pc is None:  # no transition being tracked (or it faded as the window grew): search the whole segment
+            pc, lo = _search(t[origin:end], y[origin:end], direction, min_jump, floor)
             if pc is None:
-                end += max(1, (end - origin) // SCAN_STRIDE)
+                track, end = None, end + max(1, (end - origin) // SCAN_STRIDE)
                 continue
             track = origin + lo
-            pc = PhaseChange(**{**pc.to_dict(), "method": f"{METHOD} (window {t[track]:g}-{t[end - 1]:g})"})
+        pc = _in_window(pc, t[track], t[end - 1])
         settled = t[end - 1] - pc.end >= pc.width and int(np.sum(t[:end] > pc.end)) >= MIN_POINTS // 2
         if not (settled and _flat_plateaus(t[track:end], y[track:end], pc)):
             end += max(1, (end - track) // TRACK_STRIDE)  # follow it until its after-plateau is as long as the transition
