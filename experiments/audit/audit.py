@@ -494,6 +494,302 @@ CASES += [
 ]
 
 
+# ======================================================================================== issue 23 cases
+# Sweeps, ensembles and the end of fit keep `clamp fit`'s guarantees (issue 23): a NaN ensemble member,
+# an edited sweep resumed with and without --ensemble, a mixed valid/invalid ensemble, a text-data
+# ensemble, SIGTERM during the end of fit, non-finite intervention values, and a full disk.
+I23_OVERRIDES = {
+    "trainer.max_steps": 12, "trainer.val_check_interval": 6, "trainer.log_every_n_steps": 4, "trainer.enable_progress_bar": False,
+    "trainer.callbacks": [CHECKPOINT, EMERGENCE], "data.batch_size": 8, "data.eval_size": 16,
+    "model.transformer": {"d_model": 16, "n_heads": 2}, "torch_threads": 1,
+}  # fmt: skip
+
+
+def i23_sweep(tmp: Path, grid: dict | None = None, seeds: list[int] | None = None, **extra: Any) -> Path:
+    """A sweep file of the shrunken default experiment (runs under ``tmp/runs/i23``)."""
+    spec: dict[str, Any] = {"experiment": "i23", "base": str(DEFAULT), "save_dir": str(tmp / "runs"), "seeds": seeds or [0], "overrides": {**I23_OVERRIDES, **extra}}
+    if grid:
+        spec["grid"] = grid
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def i23_clamp(*interventions: dict) -> dict:
+    return {"trainer.callbacks+": [{"class_path": "clamp.ClampCallback", "init_args": {"interventions": list(interventions)}}]}
+
+
+def i23_forked(tmp: Path, argv: list[str], patch: Callable[[], None] | None = None, timeout: float = 300) -> Result:
+    """``clamp <argv>`` in a forked child (``patch`` runs there first, e.g. to simulate a full disk);
+    ``err`` holds stdout and stderr together (a sweep prints its failures on stdout)."""
+    out_path = tmp / f"output{len(list(tmp.glob('output*.txt')))}.txt"
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True)
+            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True)
+            os.chdir(tmp)
+            if patch is not None:
+                patch()
+            sys.argv = ["clamp", *argv]
+            clamp_main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # an exception escaping main() is a crash: record its traceback
+            traceback.print_exc()
+            code = 99
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    deadline = time.time() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return Result(rc="timeout", err=out_path.read_text(), runs=tmp / "runs", tmp=tmp)
+        time.sleep(0.2)
+    return Result(rc=os.waitstatus_to_exitcode(status), err=out_path.read_text(), runs=tmp / "runs", tmp=tmp)
+
+
+def i23_failed_lines(out: str) -> list[str]:
+    return [ln.strip() for ln in out.splitlines() if ln.strip().startswith("failed ")]
+
+
+def i23_finite_ckpt(path: Path) -> bool:
+    return path.exists() and all(torch.isfinite(v).all() for v in _ckpt(path)["state_dict"].values() if v.is_floating_point())
+
+
+def i23_nan_member(tmp: Path) -> tuple[str, str]:
+    """23.1: from step 7 `scale k: 1e38` makes one member's loss NaN; its sibling must train on."""
+    blow_up = {"site": "layer0.resid_post", "op": {"kind": "scale", "k": 1e38}, "schedule": {"start": 7}}
+    r = i23_forked(tmp, ["sweep", str(i23_sweep(tmp, {"clamp": {"none": {}, "diverge": i23_clamp(blow_up)}})), "--ensemble", "2"])
+    bad, good = (tmp / "runs" / "i23" / c / "seed0" for c in ("diverge", "none"))
+    if r.rc == 0:
+        return "silent", "exit 0: the NaN member passed as a finished run"
+    if r.rc != 1 or "1 ran, 1 failed" not in r.err or "Traceback" in r.err:
+        return "crash", r.err.strip()[-300:]
+    failed = i23_failed_lines(r.err)
+    if len(failed) != 1 or str(bad) not in failed[0] or "training diverged" not in failed[0]:
+        return "crash", f"failure lines do not name the diverged run: {failed}"
+    if not i23_finite_ckpt(bad / "checkpoints" / "last.ckpt"):
+        return "data lost", "the diverged member's last good checkpoint is missing or holds non-finite weights"
+    if json.loads((bad / "condition.json").read_text()).get("finished") is not False:
+        return "silent", "condition.json of the diverged member says finished"
+    problem = _summary_ok(bad, complete=False) or _summary_ok(good, complete=True)
+    if problem:
+        return "data lost", problem
+    return "clear error", failed[0][:200]
+
+
+def i23_edited_sweep(ensemble: bool) -> Callable[[Path], tuple[str, str]]:
+    """23.2: a sweep killed after its last checkpoint, its file edited (lr 0.003 -> 0.03), run again."""
+
+    def case(tmp: Path) -> tuple[str, str]:
+        extra = ["--ensemble", "2"] if ensemble else []
+        path = i23_sweep(tmp, **{"model.optimizer.lr": 0.003})
+        first = i23_forked(tmp, ["sweep", str(path), *extra])
+        if first.rc != 0:
+            return "crash", f"the first sweep failed: {first.err.strip()[-300:]}"
+        run = tmp / "runs" / "i23" / "base" / "seed0"
+        record = run / "condition.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "finished": False}))  # as if killed after its last checkpoint
+        path.write_text(path.read_text().replace("model.optimizer.lr: 0.003", "model.optimizer.lr: 0.03"))
+        r = i23_forked(tmp, ["sweep", str(path), *extra])
+        kept = "lr: 0.003" in (run / "config.yaml").read_text() and _ckpt(run / "checkpoints" / "last.ckpt")["hyper_parameters"]["optimizer"]["lr"] == 0.003
+        if r.rc == 0 or json.loads(record.read_text()).get("finished"):
+            return "silent", "the edited sweep resumed" + ("" if kept else " and recorded the new settings")
+        if not kept:
+            return "data lost", "config.yaml or the checkpoint was rewritten with the edited settings"
+        failed = i23_failed_lines(r.err)
+        want = [f"resuming {run} with a different experiment than its config.yaml", "model.optimizer.lr: 0.003 -> 0.03"]
+        if "Traceback" in r.err or len(failed) != 1 or not all(w in failed[0] for w in want):
+            return "crash", f"the refusal does not name the change: {r.err.strip()[-300:]}"
+        return "clear error", failed[0][failed[0].index("resuming") :][:160]
+
+    return case
+
+
+def i23_mixed_members(tmp: Path) -> tuple[str, str]:
+    """23.3: an unknown site in one member must not fail its valid sibling."""
+    typo = {"site": "layer0.head1.zz", "op": {"kind": "zero"}}
+    r = i23_forked(tmp, ["sweep", str(i23_sweep(tmp, {"clamp": {"none": {}, "typo": i23_clamp(typo)}})), "--ensemble", "2"])
+    good, bad = (tmp / "runs" / "i23" / c / "seed0" for c in ("none", "typo"))
+    if r.rc == 0:
+        return "silent", "exit 0 with an invalid member"
+    failed = i23_failed_lines(r.err)
+    if "Traceback" in r.err or len(failed) != 1 or str(bad) not in failed[0] or "layer0.head1.zz" not in failed[0] or str(good) in failed[0]:
+        return "crash", f"failure lines: {failed or r.err.strip()[-300:]}"
+    if not (good / "condition.json").exists() or not json.loads((good / "condition.json").read_text()).get("finished"):
+        return "crash", "the valid sibling did not train"
+    problem = _summary_ok(good, complete=True)
+    return ("data lost", problem) if problem else ("clear error", failed[0][:200])
+
+
+def i23_text_ensemble(tmp: Path) -> tuple[str, str]:
+    """23.4: a clamp.text.TextDataModule sweep trains as an ensemble (or is refused by name in one line)."""
+    from tests.test_text_data import corpus
+
+    (tmp / "corpus.txt").write_text("\n\n".join(corpus()))
+    data = {"class_path": "clamp.text.TextDataModule", "init_args": {
+        "path": str(tmp / "corpus.txt"), "n_ctx": 16, "batch_size": 4, "vocab_size": 300, "eval_size": 8, "eval_batch_size": 8, "cache_dir": str(tmp / "cache")}}
+    base = {"model": {"transformer": {"n_layers": 2, "n_heads": 2, "d_model": 16, "attn_only": True}}, "data": data, "trainer": {
+        "max_steps": 6, "val_check_interval": 3, "check_val_every_n_epoch": None, "log_every_n_steps": 3, "accelerator": "cpu",
+        "enable_progress_bar": False, "enable_model_summary": False, "callbacks": [CHECKPOINT]}}  # fmt: skip
+    (tmp / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump({"experiment": "text", "base": "base.yaml", "save_dir": str(tmp / "runs"), "seeds": [0, 1]}))
+    r = i23_forked(tmp, ["sweep", str(tmp / "sweep.yaml"), "--ensemble", "2"])
+    if r.rc != 0:
+        return "crash", f"rc {r.rc}: {r.err.strip()[-300:]}"
+    runs = sorted((tmp / "runs" / "text").glob("*/seed*"))
+    unfinished = [str(d) for d in runs if not json.loads((d / "condition.json").read_text()).get("finished")]
+    if len(runs) != 2 or unfinished:
+        return "data lost", f"{len(runs)} runs, unfinished: {unfinished}"
+    return "accepted", "2 TextDataModule members trained as one ensemble"
+
+
+def i23_sigterm_end_of_fit(how: str) -> Callable[[Path], tuple[str, str]]:
+    """23.5: SIGTERM while the end-of-fit work (phase detection, summary) runs, in `clamp fit` and in an ensemble."""
+
+    def case(tmp: Path) -> tuple[str, str]:
+        from clamp.sweep import load_sweep
+        from tests.test_ensemble_guarantees import SIGNAL_IN_PHASE_DETECTION
+
+        path = i23_sweep(tmp, seeds=[0, 1])
+        runs = load_sweep(path, str(tmp / "runs"))
+        runs[0].write_config()
+        args = ["fit", "--config", str(runs[0].config_path)] if how == "fit" else ["sweep", str(path), "--ensemble", "2"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_PHASE_DETECTION, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 128 + signal.SIGTERM or "stopped by SIGTERM" not in proc.stderr:
+            return "crash", f"rc {proc.returncode}, no stop message: {proc.stderr.strip()[-300:]}"
+        if not (runs[0].dir / "checkpoints" / "last.ckpt").exists():
+            return "data lost", "no last.ckpt"
+        problem = _summary_ok(runs[0].dir, complete=True)
+        return ("data lost", problem) if problem else ("clean stop", f"rc {proc.returncode}; 'stopped by SIGTERM'; summary.json complete, checkpoint kept")
+
+    return case
+
+
+def i23_nan_constant(tmp: Path) -> list[str]:
+    import numpy as np
+
+    values = np.zeros(16, dtype=np.float32)
+    values[3] = np.nan
+    np.save(tmp / "bad.npy", values)
+    return one(iv("layer0.resid_post", {"kind": "constant", "value": str(tmp / "bad.npy")}))(tmp)
+
+
+def i23_until_on_nan(tmp: Path) -> tuple[str, str]:
+    """23.6: validation loss NaN (a `scale 1e38` applied during validation only) under an `until` on it."""
+    nan_val = iv("layer0.resid_post", {"kind": "scale", "k": 1e38}, during=["val"], name="nan_val")
+    gated = iv("layer0.head1.z", schedule={"until": {"metric": "val/ic/loss", "threshold": 0.01, "mode": "below"}}, name="gated")
+    r = run_cli(tmp, [*config(tmp, clamps(nan_val, gated)), "--experiment", "nanval"])
+    if r.rc == 0:
+        return "silent", "exit 0: the until never fired and the run ended complete"
+    lines = error_lines(r.err)
+    if "Traceback" in r.err or len(lines) != 1 or "val/ic/loss" not in lines[0] or "nan" not in lines[0]:
+        return "crash", r.err.strip()[-300:]
+    problem = _summary_ok(tmp / "runs" / "nanval" / "version_0", complete=False)
+    return ("data lost", problem) if problem else ("clear error", lines[0][:200])
+
+
+def i23_enospc_events() -> None:  # in the child: the 6th event record hits a full disk
+    from tensorboard.summary.writer import record_writer
+
+    real, n = record_writer.RecordWriter.write, [0]
+
+    def write(self: Any, data: bytes) -> None:
+        n[0] += 1
+        if n[0] > 5:
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    record_writer.RecordWriter.write = write  # type: ignore[method-assign]
+
+
+def i23_enospc_checkpoints(keep: int) -> Callable[[], None]:
+    def patch() -> None:  # in the child: checkpoint writes after the first ``keep`` write 100 bytes, then fail
+        real, n = torch.save, [0]
+
+        def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+            n[0] += 1
+            if n[0] <= keep:
+                return real(obj, f, *args, **kwargs)
+            buf = io.BytesIO()
+            real(obj, buf, *args, **kwargs)
+            f.write(buf.getvalue()[:100])
+            raise OSError(28, "No space left on device")
+
+        torch.save = save
+
+    return patch
+
+
+def i23_full_log_disk(tmp: Path) -> tuple[str, str]:
+    """23.7: the log disk fills while event files are written."""
+    r = i23_forked(tmp, ["fit", *_ordered([*config(tmp, clamps(emergence=True)), "--experiment", "full"], tmp / "runs")], patch=i23_enospc_events)
+    run = tmp / "runs" / "full" / "version_0"
+    if r.rc == 0:
+        return "silent", "exit 0 although events were lost"
+    lines = error_lines(r.err)
+    events = [str(p) for p in run.glob("events.out.tfevents.*")]
+    if "Traceback" in r.err or len(lines) != 1 or not events or events[0] not in lines[0] or "No space left on device" not in lines[0]:
+        return "crash", f"the error does not name the event file in one line: {r.err.strip()[-300:]}"
+    problem = _summary_ok(run, complete=False)
+    return ("data lost", problem) if problem else ("clear error", lines[0][:200])
+
+
+def i23_full_checkpoint_disk(ensemble: bool) -> Callable[[Path], tuple[str, str]]:
+    """23.7: the disk fills while a checkpoint is written: the previous one survives, no 0-byte file beside it."""
+
+    def case(tmp: Path) -> tuple[str, str]:
+        if ensemble:  # two members: their step-6 checkpoints are written, the step-12 ones fail
+            r = i23_forked(tmp, ["sweep", str(i23_sweep(tmp, seeds=[0, 1])), "--ensemble", "2"], patch=i23_enospc_checkpoints(2))
+            dirs = sorted((tmp / "runs" / "i23").glob("*/seed*/checkpoints"))
+            named = i23_failed_lines(r.err)
+        else:  # clamp fit: the step-6 checkpoint (epoch file, then last.ckpt: save_last=True copies) is written, the step-12 one fails
+            r = i23_forked(tmp, ["fit", *_ordered([*config(tmp, clamps(emergence=False)), "--experiment", "full"], tmp / "runs")], patch=i23_enospc_checkpoints(2))
+            dirs = [tmp / "runs" / "full" / "version_0" / "checkpoints"]
+            named = error_lines(r.err)
+        if r.rc == 0:
+            return "silent", "exit 0 although a checkpoint write failed"
+        if "Traceback" in r.err or not named or not all("could not write checkpoint" in ln and "No space left on device" in ln for ln in named):
+            return "crash", f"the error does not name the checkpoint: {r.err.strip()[-300:]}"
+        for d in dirs:
+            stray = [p.name for p in d.iterdir() if p.name.endswith(".tmp") or (not p.is_symlink() and p.stat().st_size == 0)]
+            if stray or not d.joinpath("last.ckpt").exists() or _ckpt(d / "last.ckpt")["global_step"] != 6:
+                return "data lost", f"{d}: stray {stray}, last.ckpt {'missing' if not (d / 'last.ckpt').exists() else _ckpt(d / 'last.ckpt')['global_step']}"
+        return "clear error", f"{len(dirs)} run(s) kept the step-6 checkpoint; " + named[0][:140]
+
+    return case
+
+
+CASES += [
+    ("23.1 NaN member in a 2-member ensemble", "issue 23", i23_nan_member),
+    ("23.2 edited sweep resumed", "issue 23", i23_edited_sweep(ensemble=False)),
+    ("23.2 edited sweep resumed with --ensemble", "issue 23", i23_edited_sweep(ensemble=True)),
+    ("23.3 invalid member beside a valid one", "issue 23", i23_mixed_members),
+    ("23.4 TextDataModule ensemble", "issue 23", i23_text_ensemble),
+    ("23.5 SIGTERM during the end of fit", "issue 23", i23_sigterm_end_of_fit("fit")),
+    ("23.5 SIGTERM during an ensemble's end of fit", "issue 23", i23_sigterm_end_of_fit("ensemble")),
+    ("23.6 NaN inside a constant's .npy", "issue 23", lambda tmp: classify_bad(run_cli(tmp, i23_nan_constant(tmp)), ["bad.npy", "not finite"])),
+    ("23.6 scale k: inf", "issue 23", lambda tmp: classify_bad(run_cli(tmp, one(iv(op={"kind": "scale", "k": float("inf")}))(tmp)), ["`k`", "inf", "finite"])),
+    ("23.6 until on a NaN validation loss", "issue 23", i23_until_on_nan),
+    ("23.7 full log disk (event file)", "issue 23", i23_full_log_disk),
+    ("23.7 full disk at a checkpoint (clamp fit)", "issue 23", i23_full_checkpoint_disk(ensemble=False)),
+    ("23.7 full disk at a checkpoint (ensemble)", "issue 23", i23_full_checkpoint_disk(ensemble=True)),
+]
+# ==================================================================================== end of issue 23 cases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "experiments" / "audit" / "results.json"))
