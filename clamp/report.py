@@ -229,7 +229,7 @@ def curve(df: pd.DataFrame, tag: str) -> tuple[np.ndarray, np.ndarray]:
 def _phase(df: pd.DataFrame, tag: str, steps: np.ndarray, values: np.ndarray) -> dict[str, Any] | None:
     """The run's own ``summary.json`` entry for ``tag`` when the whole run is compared, else computed here."""
     summary = df.attrs.get("summary")
-    # Lightning logs validation at step global_step - 1, the callback at global_step: "covers" is >=
+    # older runs logged validation at global_step - 1, the callback at global_step: "covers" is >=
     whole_run = "cropped_at" not in df.attrs and summary and (summary.get("step") or -1) >= int(df["step"].max())
     if whole_run and tag in (summary.get("phase_changes") or {}):
         return summary["phase_changes"][tag]

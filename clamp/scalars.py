@@ -8,7 +8,10 @@ below both so neither imports the other for it:
   the per-head tags ``<metric>/L<l>H<h>``. The callback's own ``<metric>/max`` is the max over all
   layers, so it switches layer when a head of the other layer overtakes: not one head's curve;
 * :func:`short_runs`: which runs end much earlier than the others, so a report can name them
-  instead of cutting every run to the shortest one.
+  instead of cutting every run to the shortest one;
+* :func:`headline_scalars`: copies of the headline curves under :data:`HEADLINE_GROUP`, the tag group
+  TensorBoard's Time Series tab shows first (it sorts groups, the text before the first ``/``, by
+  name, and ``0`` sorts before every letter). Reports read the original tags and drop the copies.
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ HEAD_TAG = re.compile(r"^(?P<family>.+)/L(?P<layer>\d+)H(?P<head>\d+)$")
 #: a run ending before this fraction of the median run's last step is "short" (with >= SHORT_MIN_RUNS runs)
 SHORT_FRACTION = 0.5
 SHORT_MIN_RUNS = 3
+#: tag group of the headline copies: ``0_headline/val/ic/acc`` sorts before ``clamp/``, ``curves/``, ``task/``, ...
+HEADLINE_GROUP = "0_headline"
+#: the curves copied there: training loss and every eval split's accuracy and loss
+HEADLINE_TAG = re.compile(r"^(train/loss|val/[^/]+/(acc|loss))$")
+
+
+def headline_scalars(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``{f"{HEADLINE_GROUP}/{tag}": value}`` for the headline tags among ``metrics`` (others dropped)."""
+    return {f"{HEADLINE_GROUP}/{k}": v for k, v in metrics.items() if HEADLINE_TAG.match(k)}
 
 
 def read_scalars(run_dir: Path) -> pd.DataFrame:
@@ -44,6 +56,7 @@ def read_scalars(run_dir: Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame({"step": pd.Series(dtype="int64"), "tag": pd.Series(dtype=str), "value": pd.Series(dtype=float)})
     df = pd.concat(frames, ignore_index=True).sort_values("wall_time", kind="stable")
+    df = df[~df["tag"].str.startswith(HEADLINE_GROUP + "/")]  # copies of val/*, train/loss for the dashboard
     df = df.drop_duplicates(["tag", "step"], keep="last").sort_values(["tag", "step"], kind="stable")
     return df[COLUMNS].reset_index(drop=True)
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from models import Transformer, TransformerConfig
 from models.hf import HFModelConfig
+from clamp.scalars import HEADLINE_GROUP, headline_scalars
 from synthetic_data.base import TaskSpec, model_inputs
 
 
@@ -163,6 +164,7 @@ class TrainingModule(L.LightningModule):
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         if self._logged_this_step():
             self.log("train/loss", loss, prog_bar=True)
+            self.log(f"{HEADLINE_GROUP}/train/loss", loss)  # the dashboard's first tag group (clamp.scalars)
             self.log("train/acc", acc)
             # papers often count training sequences, not steps (Singh et al. 2024): log the conversion
             self.log("train/sequences", float((self.global_step + 1) * self.sequences_per_step(batch)))
@@ -225,9 +227,23 @@ class TrainingModule(L.LightningModule):
         loss, acc = masked_loss_and_accuracy(self(batch), batch)
         split = self._split_name(dataloader_idx)
         n = int(batch["loss_mask"].sum())
-        kw = dict(add_dataloader_idx=False, sync_dist=True, batch_size=n)
+        # logger=False: on_validation_end writes them at global_step (see there)
+        kw = dict(add_dataloader_idx=False, sync_dist=True, batch_size=n, logger=False)
         self.log(f"val/{split}/loss", loss, prog_bar=dataloader_idx == 0, **kw)
         self.log(f"val/{split}/acc", acc, prog_bar=dataloader_idx == 0, **kw)
+
+    def on_validation_end(self) -> None:
+        """Write ``val/*`` (and their headline copies) at ``global_step``, the number of optimizer steps
+        the evaluated weights have had. Lightning's own logging would write them one step earlier (49
+        after 50 steps) while the probes, ``summary.json`` and ``train/loss`` (the loss *at* a step,
+        before its update) count steps done; one convention keeps curves, summaries and reports aligned."""
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and isinstance(v, torch.Tensor) and v.numel() == 1}
+        if val:
+            for logger in trainer.loggers:
+                logger.log_metrics({**val, **headline_scalars(val)}, step=trainer.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_config

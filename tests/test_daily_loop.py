@@ -227,7 +227,7 @@ def test_resume_extends_a_run_and_report_compares_runs_honestly(trained: tuple[P
     assert f"skipping {stray}: no scalars" in printed
     data = json.loads((out / "report.json").read_text())
     last, ends = data["common_range"]["last_step"], data["common_range"]["run_ends"]
-    assert ends["killed+resumed"] == ends["uninterrupted"] + 10 and last == ends["uninterrupted"]  # (Lightning logs val at step - 1)
+    assert ends["killed+resumed"] == ends["uninterrupted"] + 10 and last == ends["uninterrupted"]
     assert f"Compared on steps 0-{last}, the common range: uninterrupted (ends at {last}) end(s) before the others ({last + 10})." in printed
     assert list(data["runs"]) == ["uninterrupted", "killed+resumed"]
     # on the common range the two runs are the same run: same finals, same phase changes

@@ -52,6 +52,8 @@ def test_tensorboard_gets_head_scalars_layout_heatmaps_hparams_and_summary(tmp_p
     hp = HParamsPluginData.FromString(acc.summary_metadata["_hparams_/session_start_info"].plugin_data.content)
     assert hp.session_start_info.hparams["clamp/summary"].string_value == "layer0.head1.z:zero@[0,15)"
     assert hp.session_start_info.hparams["transformer/d_model"].number_value == 16
+    op = hp.session_start_info.hparams["clamp/0/op"].string_value  # readable, not JSON
+    assert "kind=zero" in op and '"' not in op and "{" not in op, op
     summary = json.loads((Path(logger.log_dir) / "summary.json").read_text())
     assert set(summary) >= {"phase_changes", "final", "top_heads", "interventions"}
     assert summary["interventions"][0]["site"] == "layer0.head1.z"

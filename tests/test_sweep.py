@@ -82,6 +82,24 @@ def test_bad_sweep_files_name_the_problem(tmp_path: Path, spec: dict, match: str
         load_sweep(path)
 
 
+def _hparams(run: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    (events,) = run.glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    return HParamsPluginData.FromString(acc.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info.hparams
+
+
+def test_sweep_runs_show_condition_and_seed_as_hparams_columns(tmp_path: Path) -> None:
+    emergence = {"class_path": "clamp.metrics.EmergenceCallback", "init_args": {"every_n_steps": 3}}
+    path = _sweep(tmp_path, grid={"clamp": {"l0h1": {"trainer.callbacks+": [emergence, *CLAMP["trainer.callbacks+"]]}}}, seeds=[3])
+    main(["sweep", str(path)])
+    hp = _hparams(tmp_path / "runs" / "study" / "l0h1" / "seed3")
+    assert hp["condition"].string_value == "l0h1" and hp["seed"].number_value == 3 and hp["experiment"].string_value == "study"
+
+
 def test_sweep_runs_records_skips_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _sweep(tmp_path, grid={"clamp": {"none": {}, "l0h1": CLAMP}}, seeds=1)
     main(["sweep", str(path), "--dry-run"])

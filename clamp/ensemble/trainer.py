@@ -38,6 +38,7 @@ from clamp.ensemble.members import MemberRouter, share_storage
 from clamp.interventions.engine import zero_missing_grads
 from clamp.preemption import StoppedAtEndOfFit, stop_signals
 from clamp.resume import check_checkpoint_hparams
+from clamp.scalars import headline_scalars
 from clamp.training import DivergenceError, TrainingModule, masked_loss_and_accuracy
 from models.ensemble import EnsembleTransformer
 from synthetic_data.base import model_inputs
@@ -370,7 +371,7 @@ class EnsembleTrainer:
                 if m.logger is not None:
                     sequences = float((step + 1) * m.module.sequences_per_step(batches[i]))
                     row = {"train/loss": values[0][i], "train/acc": values[1][i], "train/sequences": sequences, "lr-AdamW": lr, "epoch": 0}
-                    m.logger.log_metrics(row, step=step)
+                    m.logger.log_metrics({**row, **headline_scalars(row)}, step=step)
 
     # ------------------------------------------------------------------ validation
     def _eval_sets(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -434,7 +435,8 @@ class EnsembleTrainer:
             if self._last_train is not None:
                 trainer.callback_metrics.update({"train/loss": self._last_train[0][i], "train/acc": self._last_train[1][i]})
             if m.logger is not None:
-                m.logger.log_metrics({**{k: float(v) for k, v in metrics[i].items()}, "epoch": 0}, step=self.global_step - 1)
+                val = {k: float(v) for k, v in metrics[i].items()}  # at global_step, as clamp fit (TrainingModule.on_validation_end)
+                m.logger.log_metrics({**val, **headline_scalars(val), "epoch": 0}, step=self.global_step)
         self._call("on_validation_end")
         self._save_checkpoints()
 

@@ -393,6 +393,13 @@ class EmergenceCallback(Callback):
                 params.update({f"{group}/{k}": v for k, v in values.items() if isinstance(v, (int, float, str, bool))})
         dm = trainer.datamodule
         params["seed"] = int(getattr(dm, "seed", None) if getattr(dm, "seed", None) is not None else os.environ.get("PL_GLOBAL_SEED", -1))
+        # a sweep run (clamp.sweep.ConditionRecord among the callbacks): its condition and seed as columns
+        record = next((cb.record for cb in trainer.callbacks if isinstance(getattr(cb, "record", None), Mapping) and "condition" in cb.record), None)
+        if record is not None:
+            params["condition"] = str(record["condition"])
+            params["experiment"] = str(record.get("experiment", ""))
+            if record.get("seed") is not None:
+                params["seed"] = int(record["seed"])
         params["trainer/max_steps"] = int(getattr(trainer, "max_steps", -1) or -1)
         if getattr(dm, "batch_size", None) is not None:
             # sequences per optimizer step, over every rank
@@ -405,8 +412,8 @@ class EmergenceCallback(Callback):
         params["clamp/summary"] = "; ".join(_describe(i) for i in clamps) or "none"
         for n, item in enumerate(clamps):
             params[f"clamp/{n}/site"] = item["site"]
-            params[f"clamp/{n}/op"] = json.dumps(item["op"], sort_keys=True)
-            params[f"clamp/{n}/schedule"] = json.dumps(item["schedule"], sort_keys=True, default=str)
+            params[f"clamp/{n}/op"] = _readable(item["op"])
+            params[f"clamp/{n}/schedule"] = _readable(item["schedule"])
         exp, ssi, sei = hparams(params, {name: 0.0 for name in self._hp_metric_names(trainer)})
         for tb in self._tensorboards(trainer):
             writer = tb._get_file_writer()
@@ -600,6 +607,16 @@ class EmergenceCallback(Callback):
         else:
             self.last_heads = {k: v.numpy() for k, v in last.items()}
         self.sequences_per_step = state_dict.get("sequences_per_step", self.sequences_per_step)
+
+
+def _readable(value: Any) -> str:
+    """A config mapping as ``key=value, ...`` (nested in braces), for an HParams cell: raw JSON's quotes
+    and escapes made the interventions hard to read there."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_readable(v) if not isinstance(v, Mapping) else '{' + _readable(v) + '}'}" for k, v in sorted(value.items()) if v is not None)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_readable(v) if not isinstance(v, Mapping) else "{" + _readable(v) + "}" for v in value) + "]"
+    return str(value)
 
 
 def _describe(item: Mapping[str, Any]) -> str:

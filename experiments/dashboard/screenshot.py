@@ -1,5 +1,5 @@
 """Screenshot TensorBoard's default tab (Time Series) for a run folder in headless Chromium, and
-check that ``val/ic/acc`` is on its first screen.
+check that ``val/ic/acc`` (as its copy ``0_headline/val/ic/acc``, the group Time Series sorts first) is on its first screen.
 
     .venv/bin/python experiments/dashboard/screenshot.py runs/induction_default/version_0 --out dashboard.png
 
@@ -19,6 +19,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from clamp.scalars import HEADLINE_GROUP
 
 
 def free_port() -> int:
@@ -58,11 +60,23 @@ def main() -> None:
     finally:
         tb.terminate()
         tb.wait(10)
-    cards = re.findall(r'class="tag"[^>]*title="([^"]+)"', dom)
-    first = cards[: args.first_cards]
-    print(f"screenshot: {args.out}; first cards: {first}")
-    if args.tag not in first:
-        sys.exit(f"{args.tag} is not on the first screen (card {cards.index(args.tag) + 1 if args.tag in cards else 'none'} of {len(cards)})")
+    cards = card_titles(dom)
+    print(f"screenshot: {args.out}; first cards: {cards[: args.first_cards]}")
+    if (where := first_screen_card(cards, args.tag, args.first_cards)) is None:
+        sys.exit(f"{args.tag} (or {HEADLINE_GROUP}/{args.tag}) is not among the first {args.first_cards} of {len(cards)} cards: {cards[: args.first_cards]}")
+    print(f"{args.tag}: card {where + 1} ({cards[where]})")
+
+
+def card_titles(dom: str) -> list[str]:
+    """The Time Series cards' tags, in page order, from the dumped DOM."""
+    return re.findall(r'class="tag"[^>]*title="([^"]+)"', dom)
+
+
+def first_screen_card(cards: list[str], tag: str, first_cards: int) -> int | None:
+    """Index of the first card among ``cards[:first_cards]`` showing ``tag`` itself or its headline
+    copy (``0_headline/<tag>``, see clamp.scalars), or None when neither is on the first screen."""
+    wanted = {tag, f"{HEADLINE_GROUP}/{tag}"}
+    return next((i for i, c in enumerate(cards[:first_cards]) if c in wanted), None)
 
 
 if __name__ == "__main__":
