@@ -60,6 +60,18 @@ def load_model(ckpt: str | Path) -> Transformer:
     return model.eval().requires_grad_(False)
 
 
+def _step_folder(ckpt: Path) -> str:
+    """``step_<global_step>`` of a Lightning/ensemble checkpoint; the file's stem when it records no step
+    (a ``state_dict`` or safetensors file)."""
+    if ckpt.suffix == ".safetensors":
+        return ckpt.stem
+    try:  # weights_only: safe on any file; mmap: the step without reading the tensors
+        step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:  # noqa: BLE001 (load_model has already read it; a format without a step keeps the stem)
+        return ckpt.stem
+    return f"step_{int(step)}" if isinstance(step, int) else ckpt.stem
+
+
 def _find_config(ckpt: Path) -> Path:
     for folder in (ckpt.parent, ckpt.parent.parent):
         if (folder / "config.yaml").is_file():
@@ -320,7 +332,8 @@ def analyze_checkpoint(ckpt: str, config: str | None = None, split: str | None =
         split: eval split to analyse on (default: the task's main split, e.g. ``ic``).
         eval_size: sequences (default: the run's ``data.eval_size``, the same fixed set as validation).
         layer: the induction layer (default: the last); the layer below it gets the path ablations.
-        out: output folder (default: ``<run>/analysis/<checkpoint name>``).
+        out: output folder (default: ``<run>/analysis/step_<N>``, N the checkpoint's optimizer steps, the
+            step of the logged curves; ``last.ckpt`` moves on, a step does not).
     """
     start = time.perf_counter()
     path = Path(ckpt)
@@ -334,7 +347,7 @@ def analyze_checkpoint(ckpt: str, config: str | None = None, split: str | None =
     split, batch = load_eval_batch(config_path, split, eval_size)
     result = analyze(model, batch, str(path), layer)
     result.update(checkpoint=str(path), split=split, seconds=time.perf_counter() - start)
-    out_dir = Path(out) if out else config_path.parent / "analysis" / path.stem
+    out_dir = Path(out) if out else config_path.parent / "analysis" / _step_folder(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "analysis.json").write_text(json.dumps(result, indent=2))
     (out_dir / "analysis.md").write_text(f"# clamp analyze {path} (split {split})\n\n" + markdown(result))

@@ -35,7 +35,8 @@ def _run(tmp_path: Path) -> tuple[Path, Transformer]:
     cfg = TransformerConfig(n_layers=2, n_heads=4, d_model=16, init_std=0.3)
     model = Transformer(cfg.resolved(d_vocab=6, n_ctx=5, d_feature=8, d_out=5))
     ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"transformer": asdict(cfg), "task": {"d_vocab": 6, "n_ctx": 5, "d_feature": 8, "d_out": 5}}}
+            "hyper_parameters": {"transformer": asdict(cfg), "task": {"d_vocab": 6, "n_ctx": 5, "d_feature": 8, "d_out": 5}},
+            "global_step": 40}
     torch.save(ckpt, run / "checkpoints" / "last.ckpt")
     return run, model.eval()
 
@@ -107,7 +108,8 @@ def test_cli_writes_json_markdown_and_figure(tmp_path: Path, capsys: pytest.Capt
     cfg = dict(CONFIG, data={"class_path": "synthetic_data.SyntheticDataModule", "init_args": CONFIG["data"]})
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     main(["analyze", str(run / "checkpoints" / "last.ckpt"), "--eval_size", "64"])
-    out = run / "analysis" / "last"
+    out = run / "analysis" / "step_40"  # by the checkpoint's step: last.ckpt moves on as the run continues
+    assert not (run / "analysis" / "last").exists()
     result = json.loads((out / "analysis.json").read_text())
     assert result["n_eval"] == 64 and result["split"] == "ic" and result["induction_layer"] == 1
     assert (out / "analysis.png").stat().st_size > 10_000
@@ -136,3 +138,13 @@ def test_grouped_path_ablations_split_heads_by_their_measured_previous_token_sco
     assert (plain["loss"], plain["acc"]) == pytest.approx(_loss_acc(model, batch, zero), rel=1e-5)
     kept = groups["previous-token heads"]["patterns_preserved"]["loss"]
     assert kept != pytest.approx(plain["loss"], rel=1e-4)  # keeping layer 1's clean patterns changes the outcome
+
+
+def test_output_folder_is_named_by_the_checkpoints_step(tmp_path: Path) -> None:
+    """``step_<global_step>``; a weights-only file (no step recorded) keeps its own name."""
+    from clamp.analyze import _step_folder
+
+    torch.save({"state_dict": {}, "global_step": 1234}, tmp_path / "last.ckpt")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "weights.pt")
+    assert _step_folder(tmp_path / "last.ckpt") == "step_1234"
+    assert _step_folder(tmp_path / "weights.pt") == "weights"
