@@ -227,10 +227,14 @@ class TrainingModule(L.LightningModule):
         loss, acc = masked_loss_and_accuracy(self(batch), batch)
         split = self._split_name(dataloader_idx)
         n = int(batch["loss_mask"].sum())
-        # logger=False: on_validation_end writes them at global_step (see there)
-        kw = dict(add_dataloader_idx=False, sync_dist=True, batch_size=n, logger=False)
+        # in fit, on_validation_end writes them at global_step (see there); `clamp validate` keeps Lightning's
+        kw = dict(add_dataloader_idx=False, sync_dist=True, batch_size=n, logger=not self._fitting())
         self.log(f"val/{split}/loss", loss, prog_bar=dataloader_idx == 0, **kw)
         self.log(f"val/{split}/acc", acc, prog_bar=dataloader_idx == 0, **kw)
+
+    def _fitting(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and trainer.state.fn == "fit"
 
     def on_validation_end(self) -> None:
         """Write ``val/*`` (and their headline copies) at ``global_step``, the number of optimizer steps
@@ -238,7 +242,7 @@ class TrainingModule(L.LightningModule):
         after 50 steps) while the probes, ``summary.json`` and ``train/loss`` (the loss *at* a step,
         before its update) count steps done; one convention keeps curves, summaries and reports aligned."""
         trainer = self._trainer
-        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero or not self._fitting():
             return
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and isinstance(v, torch.Tensor) and v.numel() == 1}
         if val:
