@@ -32,10 +32,12 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import signal
+import statistics
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,6 +407,37 @@ def run_sweep(
     return result
 
 
+#: the closing table's columns: the finals every run's summary.json holds
+RESULT_TAG = re.compile(r"^(val/[^/]+/(acc|loss)|train/loss)$")
+
+
+def results_table(runs: Sequence[Run]) -> list[str]:
+    """Markdown rows: condition x headline metric (final value in each run's ``summary.json``), as
+    ``mean ± std (n)`` over the seeds that have it; runs without a summary are left out of n."""
+    finals: dict[str, list[dict[str, float]]] = {}
+    for run in runs:
+        path = run.dir / "summary.json"
+        try:
+            final = json.loads(path.read_text()).get("final") or {}
+        except (OSError, ValueError):
+            continue
+        finals.setdefault(run.condition, []).append({k: float(v) for k, v in final.items() if RESULT_TAG.match(k) and v is not None})
+    tags = sorted({t for rows in finals.values() for row in rows for t in row}, key=lambda t: (t == "train/loss", not t.endswith("acc"), t))
+    if not tags:
+        return []
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "–"
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.3f} ± {std:.3f} ({len(values)})"
+
+    lines = ["| condition | " + " | ".join(tags) + " |", "|---|" + "---|" * len(tags)]
+    for cond, rows in finals.items():
+        lines.append(f"| {cond} | " + " | ".join(cell([r[t] for r in rows if t in r]) for t in tags) + " |")
+    return lines
+
+
 def build_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)
     from jsonargparse import ArgumentParser
 
@@ -438,6 +471,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sweep {cfg.sweep}: {counts}, {len(result.skipped)} already finished", file=out)
     for run, err in result.failed:
         print(f"  failed {run.dir}: {err}", file=out)
+    if not cfg.dry_run and (table := results_table([*result.ran, *result.skipped])):
+        print("final values, mean ± std (n seeds):", *table, sep="\n", file=out)
     if result.failed:
         raise SystemExit(1)
 

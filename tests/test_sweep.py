@@ -164,3 +164,52 @@ def test_base_list_and_level_config_files_merge_like_further_configs(tmp_path: P
     bad = _sweep(tmp_path, grid={"clamp": {"x": {"config": "missing.yaml"}}})
     with pytest.raises(SweepError, match="condition 'x': config .*missing.yaml' does not exist"):
         load_sweep(bad)
+
+
+@pytest.mark.parametrize("ensemble", [0, 2])
+def test_sweep_prints_progress_and_a_closing_table_of_results(tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, ensemble: int) -> None:
+    """Issue 21.4: a progress line per ensemble (step, steps/s, eta), Lightning's set-up lines once per
+    ensemble rather than per member, and condition x headline finals as mean ± std (n) at the end."""
+    emergence = {"class_path": "clamp.metrics.EmergenceCallback", "init_args": {"every_n_steps": 3}}
+    path = _sweep(tmp_path, grid={"clamp": {"none": {}, "l0h1": CLAMP}}, seeds=2, **{"trainer.callbacks": [emergence]})
+    import clamp.ensemble.runner as runner
+
+    quiet: list[int] = []
+    real = runner._quiet_set_up
+
+    def counted():  # noqa: ANN202
+        quiet.append(1)
+        return real()
+
+    monkeypatch.setattr(runner, "_quiet_set_up", counted)
+    main(["sweep", str(path), *(["--ensemble", str(ensemble)] if ensemble else [])])
+    out, err = capfd.readouterr()
+    table = out[out.index("final values, mean ± std (n seeds):") :].splitlines()[1:]
+    assert table[0].startswith("| condition | val/ic/acc | val/iw/acc |") and len(table) == 4, table
+    finals = {c: [json.loads((tmp_path / "runs" / "study" / c / f"seed{s}" / "summary.json").read_text())["final"]["val/ic/loss"] for s in (0, 1)] for c in ("none", "l0h1")}
+    for row in table[2:]:
+        cond = row.split("|")[1].strip()
+        mean = sum(finals[cond]) / 2
+        assert f"{mean:.3f} ± " in row and row.count("(2)") == len(table[0].split("|")) - 3, (row, finals)
+    if ensemble:
+        lines = [l for l in err.splitlines() if l.startswith("ensemble ")]
+        assert len(lines) == 2 and all("step 6/6" in l and "steps/s" in l and "eta" in l for l in lines), lines
+        assert quiet == [1, 1], quiet  # each ensemble's 2nd member is built without the set-up lines
+
+
+def test_quiet_set_up_silences_lightnings_info_lines_and_restores_them() -> None:
+    import logging
+    import warnings
+
+    from clamp.ensemble.runner import _SET_UP_LOGGERS, _quiet_set_up
+
+    loggers = [logging.getLogger(n) for n in _SET_UP_LOGGERS]
+    before = [lg.level for lg in loggers]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _quiet_set_up():
+            assert not any(lg.isEnabledFor(logging.INFO) for lg in loggers)
+            warnings.warn("LightningCLI's args parameter is intended to run from within Python", UserWarning, stacklevel=1)
+            warnings.warn("something else", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else"]
+    assert [lg.level for lg in loggers] == before

@@ -22,6 +22,8 @@ stacked weights is frozen, and its siblings train on exactly as they would besid
 from __future__ import annotations
 
 import copy
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,9 +289,11 @@ class EnsembleTrainer:
         the current step and raises ``SIGTERMException``, as ``clamp fit`` does (:mod:`clamp.preemption`):
         a preempted ensemble resumes from that step."""
         streams = self._streams()
+        progress = _Progress(self.members, self.global_step, self.max_steps)
         while self.global_step < self.max_steps and len(self.stopped) < len(self.members):
             batches = [next(s) for s in streams]
             self._train_step(batches)
+            progress.step(self.global_step)
             if self.global_step % self.log_every_n_steps == 0:
                 self._check_finite()
             if self.global_step % self.settings.val_check_interval == 0:
@@ -559,3 +563,25 @@ def _check_same_config(m: Member, ckpt: dict[str, Any]) -> None:
     """Refuse a checkpoint written with other hyper-parameters (model, optimizer, task) than the member's,
     by the one resume rule of ``clamp fit`` (:mod:`clamp.resume`)."""
     check_checkpoint_hparams(ckpt.get("hyper_parameters"), m.module.hparams, m.resume_from, error=EnsembleError)  # type: ignore[arg-type]
+
+
+class _Progress:
+    """One plain line per ensemble (step, steps/s, eta, on stderr) at every 5 % of its steps, at most one
+    per ``min_seconds``, and at the last step: readable in cluster logs and for a sweep of many ensembles."""
+
+    def __init__(self, members: Sequence[Member], start: int, max_steps: int, min_seconds: float = 10.0) -> None:
+        dirs = [m.run_dir for m in members]
+        self.name = f"ensemble {dirs[0].parent.name}/{dirs[0].name}" + (f" + {len(dirs) - 1} more" if len(dirs) > 1 else "")
+        self.start, self.max_steps, self.min_seconds = start, max_steps, min_seconds
+        self.every = max(1, max_steps // 20)
+        self.t0 = self.last = time.monotonic()
+
+    def step(self, step: int) -> None:
+        now = time.monotonic()
+        if step != self.max_steps and (step % self.every or now - self.last < self.min_seconds):
+            return
+        self.last = now
+        elapsed = max(now - self.t0, 1e-9)
+        rate = (step - self.start) / elapsed
+        eta = (self.max_steps - step) / rate if rate > 0 else float("inf")
+        print(f"{self.name}: step {step}/{self.max_steps}, {rate:.1f} steps/s, eta {eta:.0f} s", file=sys.stderr, flush=True)
