@@ -74,12 +74,31 @@ class DivergenceError(RuntimeError):
 
 
 def masked_loss_and_accuracy(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and accuracy over the positions in ``batch['loss_mask']`` (computed in fp32)."""
+    """Cross-entropy and accuracy over the positions in ``batch['loss_mask']`` (computed in fp32).
+
+    On the CPU the masked positions are picked by boolean indexing (the reference numbers); elsewhere
+    :func:`masked_loss_and_accuracy_sync_free`, since boolean indexing makes the host wait for the
+    device to count the positions: a synchronisation every step."""
+    if logits.device.type != "cpu":
+        return masked_loss_and_accuracy_sync_free(logits, batch)
     mask = batch["loss_mask"]
     picked = logits[mask].float()
     targets = batch["targets"][mask]
     loss = F.cross_entropy(picked, targets)
     acc = (picked.argmax(-1) == targets).float().mean()
+    return loss, acc
+
+
+def masked_loss_and_accuracy_sync_free(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`masked_loss_and_accuracy` as mask-weighted means over every position, with no shape that
+    depends on the data (so no host synchronisation); equal to it up to float rounding of the sums."""
+    mask = batch["loss_mask"].reshape(-1)
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    targets = torch.where(mask, batch["targets"].reshape(-1), 0)  # unmasked targets may be any filler
+    weight = mask.float()
+    count = weight.sum()
+    loss = (F.cross_entropy(flat, targets, reduction="none") * weight).sum() / count
+    acc = ((flat.argmax(-1) == targets).float() * weight).sum() / count
     return loss, acc
 
 

@@ -122,8 +122,9 @@ def emergence_breakdown(steps: int, tmp: Path) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- the plain loop
-def plain_loop(cfg: dict[str, Any]) -> float:
-    """What a researcher would write by hand: the same model, data, optimizer, clipping and validation cadence."""
+def plain_loop(cfg: dict[str, Any], device: str = "cpu") -> float:
+    """What a researcher would write by hand: the same model, data, optimizer, clipping and validation cadence
+    (on ``device``: batches are sampled on the CPU, as the data module does, and copied there)."""
     from models import Transformer, TransformerConfig
     from synthetic_data import BurstyClassification
     from synthetic_data.base import batch_rng
@@ -134,11 +135,11 @@ def plain_loop(cfg: dict[str, Any]) -> float:
     task = BurstyClassification(**data["task"]["init_args"])
     task.setup(seed)
     spec = task.spec
-    model = Transformer(TransformerConfig(**cfg["model"]["transformer"]).resolved(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx, d_feature=spec.d_feature, d_out=spec.d_out))
+    model = Transformer(TransformerConfig(**cfg["model"]["transformer"]).resolved(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx, d_feature=spec.d_feature, d_out=spec.d_out)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=opt_cfg["lr"])
     warmup = opt_cfg["warmup_steps"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    evals = {name: task.sample(batch_rng(seed, 1 + i, 0), data["eval_size"], name) for i, name in enumerate(task.eval_splits)}
+    evals = {name: _to(task.sample(batch_rng(seed, 1 + i, 0), data["eval_size"], name), device) for i, name in enumerate(task.eval_splits)}
     ebs = data.get("eval_batch_size", 512)
 
     def loss_acc(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +149,7 @@ def plain_loop(cfg: dict[str, Any]) -> float:
 
     history = []
     for step in range(trainer["max_steps"]):
-        batch = task.sample(batch_rng(seed, 0, step), data["batch_size"], "train")
+        batch = _to(task.sample(batch_rng(seed, 0, step), data["batch_size"], "train"), device)
         loss, _ = loss_acc(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -164,6 +165,10 @@ def plain_loop(cfg: dict[str, Any]) -> float:
                     [loss_acc({k: v[i : i + ebs] for k, v in ev.items()}) for i in range(0, len(ev["tokens"]), ebs)]
             model.train()
     return time.perf_counter() - t0
+
+
+def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------- per-step comparisons
@@ -388,6 +393,162 @@ def memory(steps: int) -> dict[str, dict[str, float]]:
     return out
 
 
+# ---------------------------------------------------------------------------------- overhead-bound regime (issue 22)
+#: the tiny settings of issue 22: arithmetic is negligible, per-step overhead is what the time is
+TINY = {"1 layer x 1 head": {"n_layers": 1, "n_heads": 1, "d_model": 16}, "2 layers x 2 heads": {"n_layers": 2, "n_heads": 2, "d_model": 16}}
+TINY_BATCH = 8
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """``device`` if it is one this benchmark runs on (an unusable one fails here, not minutes into a run)."""
+    if device not in DEVICES:
+        raise ValueError(f"--device {device!r}; valid devices: {list(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
+    return device
+
+
+def on_device(cfg: dict[str, Any], device: str, precision: str | None = None, compile: str | None = None) -> dict[str, Any]:
+    """``cfg`` trained on ``device`` (Lightning's accelerator), optionally at ``precision`` and compiled."""
+    cfg = copy.deepcopy(cfg)
+    cfg["trainer"]["accelerator"] = "gpu" if device == "cuda" else "cpu"
+    if precision is not None:
+        cfg["trainer"]["precision"] = precision
+    if compile is not None:
+        cfg["model"]["compile"] = compile
+    return cfg
+
+
+def tiny_config(steps: int, setting: str, save_dir: str, device: str = "cpu") -> dict[str, Any]:
+    """The default experiment (no emergence) with a tiny model of :data:`TINY` at batch :data:`TINY_BATCH`."""
+    cfg = fit_config(steps, False, save_dir, batch_size=TINY_BATCH)
+    cfg["model"]["transformer"].update(TINY[setting])
+    return on_device(cfg, device)
+
+
+def bare_lightning(cfg: dict[str, Any]) -> float:
+    """Seconds of a minimal LightningModule on ``cfg``'s model, data module and validation cadence, with no
+    logger, no checkpoints and no callbacks: what Lightning itself costs, against which clamp's own cost is read."""
+    import lightning as L
+
+    from clamp.training import masked_loss_and_accuracy
+    from models import Transformer, TransformerConfig
+    from synthetic_data import BurstyClassification, SyntheticDataModule
+    from synthetic_data.base import model_inputs
+
+    t0 = time.perf_counter()
+    data, tr, opt_cfg = cfg["data"], cfg["trainer"], cfg["model"]["optimizer"]
+    L.seed_everything(cfg["seed_everything"], verbose=False)
+    dm = SyntheticDataModule(BurstyClassification(**data["task"]["init_args"]), batch_size=data["batch_size"], eval_size=data["eval_size"], seed=cfg["seed_everything"])
+    s = dm.spec
+    model = Transformer(TransformerConfig(**cfg["model"]["transformer"]).resolved(d_vocab=s.d_vocab, n_ctx=s.n_ctx, d_feature=s.d_feature, d_out=s.d_out))
+
+    class Bare(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch: dict[str, torch.Tensor], idx: int) -> torch.Tensor:
+            return masked_loss_and_accuracy(self.model(*model_inputs(batch)), batch)[0]
+
+        def validation_step(self, batch: dict[str, torch.Tensor], idx: int, dataloader_idx: int = 0) -> None:
+            masked_loss_and_accuracy(self.model(*model_inputs(batch)), batch)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(self.parameters(), lr=opt_cfg["lr"])
+
+    trainer = L.Trainer(
+        max_steps=tr["max_steps"], val_check_interval=tr["val_check_interval"], check_val_every_n_epoch=None, gradient_clip_val=tr["gradient_clip_val"],
+        accelerator=tr["accelerator"], devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Bare(), datamodule=dm)
+    return time.perf_counter() - t0
+
+
+def overhead_timings(steps: int, repeats: int, tmp: Path, device: str = "cpu") -> dict[str, dict[str, float]]:
+    """Per setting of :data:`TINY`: ms per step of the plain loop, bare Lightning and ``clamp fit``, each net
+    of its fixed start-up (the same run with 0 steps), median of ``repeats`` interleaved repeats."""
+    runners: dict[str, Callable[[dict[str, Any]], float]] = {
+        "plain loop": lambda c: plain_loop(c, device),
+        "bare Lightning": bare_lightning,
+        "clamp fit (no emergence)": lambda c: time_clamp_fit(c, tmp),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for setting in TINY:
+        per: dict[str, list[float]] = {k: [] for k in runners}
+        for r in range(repeats):
+            for name in list(runners) if r % 2 == 0 else list(runners)[::-1]:
+                full = runners[name](tiny_config(steps, setting, str(tmp / "runs"), device))
+                zero = runners[name](tiny_config(0, setting, str(tmp / "runs"), device))
+                per[name].append((full - zero) * 1e3 / steps)
+        out[setting] = {k: statistics.median(v) for k, v in per.items()}
+        print(f"[overhead] {setting}: {out[setting]}", flush=True)
+    return out
+
+
+def _ensemble_runs(cfg: dict[str, Any], n: int, tmp: Path) -> list[Any]:
+    from clamp.sweep import load_sweep
+
+    base = tmp / f"ens_base_{time.time_ns()}.yaml"
+    base.write_text(yaml.safe_dump(cfg))
+    sweep = tmp / f"ens{n}_{time.time_ns()}.yaml"
+    sweep.write_text(yaml.safe_dump({"experiment": f"ens{n}", "base": str(base), "seeds": n}))
+    runs = load_sweep(sweep, str(tmp / f"ens_{time.time_ns()}"))
+    for r in runs:
+        r.write_config()
+    return runs
+
+
+def time_ensemble(cfg: dict[str, Any], n: int, tmp: Path) -> float:
+    """Wall seconds of ``clamp sweep --ensemble``'s loop over ``n`` seeds of ``cfg`` (``n`` = 1: one ``clamp fit``)."""
+    from clamp.cli import cli_main
+    from clamp.ensemble.runner import train_ensemble
+
+    runs = _ensemble_runs(cfg, n, tmp)
+    t0 = time.perf_counter()
+    if n == 1:
+        cli_main(runs[0].fit_args())
+    else:
+        train_ensemble(runs)
+    elapsed = time.perf_counter() - t0
+    torch.set_num_threads(1)  # building the members set the config's thread count
+    return elapsed
+
+
+def ensemble_net(make: Callable[[int], dict[str, Any]], sizes: list[int], steps: int, tmp: Path) -> dict[str, dict[str, float]]:
+    """Per ensemble size (1 = one ``clamp fit``): wall seconds of ``steps`` and of 1 step (the ensemble loop
+    refuses 0 steps), and the net: what ``steps - 1`` steps cost once start-up is paid."""
+    out: dict[str, dict[str, float]] = {}
+    for n in sizes:
+        full, zero = time_ensemble(make(steps), n, tmp), time_ensemble(make(1), n, tmp)
+        out[str(n)] = {"wall_s": full, "startup_s": zero, "net_s": full - zero}
+        print(f"[ensemble net] {n}: {out[str(n)]}", flush=True)
+    return out
+
+
+def gpu_timings(device: str, steps: int, ensemble_steps: int, sizes: list[int], tmp: Path, compile_backend: str = "inductor") -> dict[str, Any]:
+    """The GPU section (issue 22.3), on ``device``: default fit against the plain loop, the emergence callback's
+    overhead, ``bf16-mixed`` and ``model.compile``, and ensembles of default-size models in sequences per second."""
+    res: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu"}
+    fits: dict[str, dict[str, Any]] = {
+        "plain loop": {},
+        "clamp fit (no emergence)": {"emergence": False},
+        "clamp fit (default, with emergence)": {"emergence": True},
+        "clamp fit (no emergence), bf16-mixed": {"emergence": False, "precision": "bf16-mixed"},
+        f"clamp fit (no emergence), model.compile ({compile_backend})": {"emergence": False, "compile": compile_backend},
+    }
+    res["fit"] = {}
+    for name, kw in fits.items():
+        cfg = on_device(fit_config(steps, kw.get("emergence", False), str(tmp / "runs")), device, kw.get("precision"), kw.get("compile"))
+        res["fit"][name] = plain_loop(cfg, device) if name == "plain loop" else time_clamp_fit(cfg, tmp)
+        print(f"[{device} fit] {name}: {res['fit'][name]:.1f} s", flush=True)
+    seqs = (ensemble_steps - 1) * int(default_config()["data"]["batch_size"])  # net of a 1-step run (ensemble_net)
+    ens = ensemble_net(lambda s: on_device(fit_config(s, False, str(tmp / "unused")), device), [1, *sizes], ensemble_steps, tmp)
+    res["ensemble"] = {n: {**v, "sequences_per_s": int(n) * seqs / v["net_s"] if v["net_s"] > 0 else float("nan")} for n, v in ens.items()}
+    return res
+
+
 # ---------------------------------------------------------------------------------- report
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -409,6 +570,65 @@ def _row(name: str, value: float, key: str | None = None) -> str:
     return f"| {name} | {value:.2f}x | <= {target:g}x | {'met' if value <= target else 'NOT met'} |"
 
 
+def overhead_report(oh: dict[str, dict[str, float]], tens: dict[str, dict[str, float]], steps: int, ens_steps: int, repeats: int) -> list[str]:
+    """The overhead-bound section (issue 22 goals 1-2): tiny models whose arithmetic is negligible."""
+    lines = [
+        "",
+        f"## Overhead-bound regime: tiny models (d_model 16, batch {TINY_BATCH}; {steps} steps, ms/step net of fixed start-up, median of {repeats})",
+        "",
+        "Each run's time minus the same run with 0 steps, over the steps: what a step costs once set-up is paid. "
+        "Bare Lightning is a minimal LightningModule on the same model and data module, with the same validation cadence "
+        "and gradient clipping, and no logger, checkpoint or callback (`bare_lightning` in run.py).",
+        "",
+        "| setting | plain loop ms/step | bare Lightning ms/step | `clamp fit` ms/step | `clamp fit` - bare Lightning ms/step | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, v in oh.items():
+        extra = v["clamp fit (no emergence)"] - v["bare Lightning"]
+        lines.append(f"| {setting} | {v['plain loop']:.2f} | {v['bare Lightning']:.2f} | {v['clamp fit (no emergence)']:.2f} | {extra:+.2f} | <= 0.3 ({'met' if extra <= 0.3 else 'NOT met'}) |")
+    if tens:
+        one = tens["1"]["net_s"]
+        lines += [
+            "",
+            f"Ensembles of the tiny 2 layers x 2 heads model ({ens_steps} steps, 1 thread; wall time net of each run's own start-up, "
+            "the same run with 1 step (the ensemble loop refuses 0); N sequential runs take N x one run):",
+            "",
+            "| run | wall s | start-up s | net s | net x one run | throughput x sequential | target |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        goals = {"16": 2.0, "64": 4.0}
+        for n, v in tens.items():
+            r = v["net_s"] / one
+            goal = f"<= {goals[n]:g}x ({'met' if r <= goals[n] else 'NOT met'})" if n in goals else ""
+            lines.append(f"| {'one `clamp fit` run' if n == '1' else f'ensemble of {n}'} | {v['wall_s']:.1f} | {v['startup_s']:.1f} | {v['net_s']:.1f} | {r:.2f} | {int(n) / r:.1f} | {goal} |")
+    return lines
+
+
+def gpu_report(res: dict[str, Any], steps: int, ens_steps: int) -> list[str]:
+    fit, plain = res["fit"], res["fit"]["plain loop"]
+    lines = [
+        "",
+        f"## On {res['device']}: the default experiment ({steps} steps)",
+        "",
+        "| run | wall s | x plain loop |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v:.1f} | {v / plain:.2f} |" for k, v in fit.items()]
+    emergence = fit["clamp fit (default, with emergence)"] / fit["clamp fit (no emergence)"]
+    lines += ["", f"The emergence callback (default cadence) costs {100 * (emergence - 1):+.0f} % of the run without it.", ""]
+    one = res["ensemble"]["1"]
+    lines += [
+        f"Ensembles of the default model ({ens_steps} steps, batch {default_config()['data']['batch_size']} per member; net of each run's start-up):",
+        "",
+        "| run | net s (minus a 1-step run) | sequences/s | x one run (wall, net) | throughput x sequential |",
+        "|---|---|---|---|---|",
+    ]
+    for n, v in res["ensemble"].items():
+        r = v["net_s"] / one["net_s"]
+        lines.append(f"| {'one `clamp fit` run' if n == '1' else f'ensemble of {n}'} | {v['net_s']:.1f} | {v['sequences_per_s']:.0f} | {r:.2f} | {int(n) / r:.1f} |")
+    return lines
+
+
 def bench(
     steps: int | None = None,
     ensemble_steps: int = 200,
@@ -417,8 +637,14 @@ def bench(
     rounds: int = 7,
     step_count: int = 30,
     memory_steps: int = 20,
+    overhead_steps: int = 1000,
+    tiny_ensemble_sizes: list[int] = [16, 64],  # noqa: B006
+    gpu_ensemble_sizes: list[int] = [8, 64, 256],  # noqa: B006
+    compile_backend: str = "inductor",
+    device: str = "cpu",
+    only: str | None = None,
     quick: bool = False,
-    out: str = str(OUT),
+    out: str | None = None,
 ) -> str:
     """Run every measurement and write the report.
 
@@ -431,13 +657,29 @@ def bench(
         rounds: round-robin rounds of the per-step comparisons.
         step_count: steps per configuration per round.
         memory_steps: training steps of each memory measurement.
+        overhead_steps: steps of each run of the overhead-bound section (tiny models) and of its ensembles.
+        tiny_ensemble_sizes: ensemble sizes of the overhead-bound section.
+        gpu_ensemble_sizes: ensemble sizes (default-size models) of the device section.
+        compile_backend: the ``model.compile`` backend timed in the device section.
+        device: ``cpu`` or ``cuda``; ``cuda`` runs the device section (``only='device'``) on the GPU.
+        only: ``overhead`` (the overhead-bound section alone, to RESULTS_overhead.md) or ``device`` (the
+            device section and the overhead-bound section on ``device``, to RESULTS_<device>.md).
         quick: a smoke run: a few steps of everything (numbers meaningless).
-        out: where to write the report.
+        out: where to write the report (default: RESULTS.md, or the file ``only`` names).
     """
+    check_device(device)
+    if device == "cuda" and only is None:
+        only = "device"  # the GPU benchmark writes its own results file
+    if only not in (None, "overhead", "device"):
+        raise ValueError(f"--only {only!r}; valid: None (everything), 'overhead', 'device'")
+    if only is not None:
+        return bench_section(only, device, steps, overhead_steps, repeats, tiny_ensemble_sizes, gpu_ensemble_sizes, quick, out, compile_backend)
+    out = out or str(OUT)
     torch.set_num_threads(1)
     steps = steps or int(default_config()["trainer"]["max_steps"])
     if quick:
         steps, ensemble_steps, ensemble_sizes, repeats, rounds, step_count, memory_steps = 100, 50, [1, 4], 1, 1, 3, 10
+        overhead_steps, tiny_ensemble_sizes = 20, [2]
         if out == str(OUT):  # a smoke run never replaces the committed measurement
             out = str(Path(tempfile.gettempdir()) / "clamp_benchmark_quick.md")
     load_before = os.getloadavg()
@@ -473,11 +715,65 @@ def bench(
         print(f"[ensemble] {results['ensemble']}", flush=True)
         results["memory"] = memory(memory_steps)
         print(f"[memory] {results['memory']}", flush=True)
+        results["overhead"] = overhead_timings(overhead_steps, repeats, tmp)
+        results["tiny_ensemble"] = ensemble_net(lambda s: tiny_config(s, "2 layers x 2 heads", str(tmp / "unused")), [1, *tiny_ensemble_sizes], overhead_steps, tmp)
     elapsed = time.perf_counter() - t_start
     results["_context"] = {"steps": steps, "ensemble_steps": ensemble_steps, "load_before": load_before, "load_after": os.getloadavg(), "elapsed_s": elapsed, "quick": quick}
     text = report(results, steps, ensemble_steps, load_before, results["_context"]["load_after"], elapsed, quick)
+    text += "\n".join(overhead_report(results["overhead"], results["tiny_ensemble"], overhead_steps, overhead_steps, repeats)) + "\n"
+    text += (
+        "\n## On a GPU: unmeasured\n\nNo GPU was lent to the session that wrote this file, so the GPU numbers are unmeasured. "
+        "`python experiments/benchmarks/run.py --device cuda` measures them (default fit against the plain loop, the emergence "
+        "callback's overhead, `bf16-mixed`, `model.compile`, ensembles of 8, 64 and 256 default-size models, and the "
+        "overhead-bound section) and writes `RESULTS_cuda.md`; its code path is tested on the CPU "
+        "(`--device cpu --only device`, tests/test_benchmark.py).\n"
+    )
     Path(out).write_text(text)
     (Path(out).with_suffix(".json")).write_text(json.dumps(results, indent=2, default=str))
+    print(text)
+    return text
+
+
+def bench_section(
+    only: str, device: str, steps: int | None, overhead_steps: int, repeats: int, tiny_sizes: list[int], gpu_sizes: list[int], quick: bool, out: str | None,
+    compile_backend: str = "inductor",
+) -> str:
+    """One section of :func:`bench` on ``device``, written to its own file (``RESULTS_overhead.md``, ``RESULTS_<device>.md``)."""
+    torch.set_num_threads(1)
+    steps = steps or int(default_config()["trainer"]["max_steps"])
+    ensemble_steps = 200
+    if quick:
+        steps, ensemble_steps, overhead_steps, repeats, tiny_sizes, gpu_sizes = 20, 10, 20, 1, [2], [2]
+    default_out = OUT.with_name("RESULTS_overhead.md" if only == "overhead" else f"RESULTS_{device}.md")
+    out = out or str(default_out if not quick else Path(tempfile.gettempdir()) / f"clamp_benchmark_quick_{only}_{device}.md")
+    load0, t_start = os.getloadavg(), time.perf_counter()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        plain_loop(on_device(fit_config(5, False, str(tmp / "warm")), device), device)  # untimed: imports and first-call costs
+        time_clamp_fit(on_device(fit_config(5, True, str(tmp / "warm")), device), tmp)
+        if only == "device":
+            results["device"] = gpu_timings(device, steps, ensemble_steps, gpu_sizes, tmp, compile_backend)
+        results["overhead"] = overhead_timings(overhead_steps, repeats, tmp, device)
+        results["tiny_ensemble"] = ensemble_net(lambda s: tiny_config(s, "2 layers x 2 heads", str(tmp / "unused"), device), [1, *tiny_sizes], overhead_steps, tmp)
+    load1, elapsed = os.getloadavg(), time.perf_counter() - t_start
+    title = "overhead-bound section" if only == "overhead" else f"{device} section"
+    lines = [
+        f"# clamp benchmark: {title}",
+        "",
+        f"Generated by `python experiments/benchmarks/run.py --device {device} --only {only}` (all numbers below come from one run of it).",
+        "",
+        f"- Machine: {machine()}",
+        f"- Load average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, at end {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}; total {elapsed / 60:.1f} min",
+    ]
+    if quick:
+        lines.append("- **Quick smoke run: too few steps for the numbers to mean anything.**")
+    if "device" in results:
+        lines += gpu_report(results["device"], steps, ensemble_steps)
+    lines += overhead_report(results["overhead"], results["tiny_ensemble"], overhead_steps, overhead_steps, repeats)
+    text = "\n".join(lines) + "\n"
+    Path(out).write_text(text)
+    Path(out).with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
     print(text)
     return text
 
