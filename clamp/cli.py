@@ -38,6 +38,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clamp.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from clamp.console import ProgressLines, StepProgressBar, print_run_summary
+from clamp.guards import RunawayLossGuard
 from clamp.preemption import GracefulStop, StoppedAtEndOfFit, end_of_command, received_signal
 from clamp.resume import check_checkpoint_hparams, check_run_config
 from clamp.run_files import name_event_file_errors
@@ -281,7 +282,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ClampCLI:
         save_config_callback=_RunConfigSaver,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={**no_exit, **{sub: dict(no_exit) for sub in TRAINER_COMMANDS}},
-        trainer_defaults={"callbacks": [GracefulStop()]},
+        trainer_defaults={"callbacks": [GracefulStop(), RunawayLossGuard()]},
     )
     if run:
         end_of_command()  # a signal during the end of fit still stops the command (StoppedAtEndOfFit)
