@@ -155,6 +155,9 @@ class TrainingModule(L.LightningModule):
         self.optimizer_config = optimizer
         hparams = {"optimizer": asdict(optimizer), "task": asdict(spec)}
         if hf is not None:
+            if transformer != TransformerConfig():
+                raise ValueError("model.hf and model.transformer are both set: a run trains one model; drop model.transformer "
+                                 "(the Hugging Face architecture is configured by model.hf.config)")
             if spec.d_feature or (spec.d_out and spec.d_out != spec.d_vocab):
                 raise ValueError(f"model.hf: Hugging Face causal LMs predict next tokens; this task has d_feature={spec.d_feature}, d_out={spec.d_out} (use model.transformer)")
             self.model = hf.build(d_vocab=spec.d_vocab, n_ctx=spec.n_ctx)

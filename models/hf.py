@@ -133,6 +133,25 @@ class HFModelConfig:
     def validate(self) -> None:
         if self.arch not in LAYOUTS:
             raise ValueError(f"HFModelConfig.arch={self.arch!r}; architectures with sites: {sorted(LAYOUTS)}")
+        self._check_config_keys()
+
+    def _check_config_keys(self) -> None:
+        """Refuse keys the architecture's config class does not know: ``transformers`` would keep a misspelt
+        ``n_layers`` as an unused attribute and build its default size (GPT-2: 12 layers, 12 heads)."""
+        import difflib
+        import inspect
+
+        import transformers
+
+        cls = transformers.AutoConfig.for_model(self.arch).__class__
+        valid = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        valid |= set(getattr(cls, "attribute_map", {})) | set(transformers.PretrainedConfig().to_dict())
+        for key in self.config:
+            if key not in valid:
+                close = difflib.get_close_matches(key, sorted(valid), n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"model.hf.config.{key}: not a {cls.__name__} setting{hint} "
+                                 f"(the {self.arch} config's keys are those of transformers.{cls.__name__})")
 
     def build(self, d_vocab: int = 0, n_ctx: int = 0) -> HFSiteModel:
         """The adapted model; ``d_vocab`` / ``n_ctx`` (from the data) fill sizes the config leaves out."""
