@@ -23,6 +23,7 @@ Grouped-query attention (Llama with fewer key/value heads): ``k`` and ``v`` are 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +147,11 @@ class HFModelConfig:
         cls = transformers.AutoConfig.for_model(self.arch).__class__
         valid = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
         valid |= set(getattr(cls, "attribute_map", {})) | set(transformers.PretrainedConfig().to_dict())
+        valid |= set(cls().to_dict())
+        try:  # legacy names a config still reads from its **kwargs (e.g. GPT-NeoX's rotary_pct)
+            valid |= set(re.findall(r"""kwargs\.(?:pop|get)\(\s*["'](\w+)["']""", inspect.getsource(cls)))
+        except (OSError, TypeError):
+            pass
         for key in self.config:
             if key not in valid:
                 close = difflib.get_close_matches(key, sorted(valid), n=3)
