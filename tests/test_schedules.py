@@ -199,3 +199,8 @@ def test_engine_until_release_latches_and_fades(model: Transformer) -> None:
     engine.detach()
     other.detach()
     assert not any(s.active for s in model.site_map().values())
+
+
+def test_a_zero_length_window_is_refused_naming_its_bounds() -> None:
+    with pytest.raises(ValueError, match=r"start=100 == stop=100 is an empty window"):
+        Window(100, 100).validate("schedule")

@@ -31,6 +31,9 @@ class Window:
             raise ValueError(f"{where}: ramp_out={self.ramp_out} needs a `stop` to ramp out to (or use until.ramp_out)")
         if self.stop is not None and self.stop < self.start + self.ramp + self.ramp_out:
             raise ValueError(f"{where}: stop={self.stop} must be >= start + ramp + ramp_out = {self.start + self.ramp + self.ramp_out}")
+        if self.stop is not None and self.stop == self.start:
+            raise ValueError(f"{where}: start={self.start} == stop={self.stop} is an empty window (active on [start, stop)); "
+                             "give stop > start, or stop: null for open-ended")
 
     def alpha(self, step: int) -> float:
         if step < self.start or (self.stop is not None and step >= self.stop):
