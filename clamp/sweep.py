@@ -226,6 +226,9 @@ def load_sweep(path: str | Path, save_dir: str | None = None) -> list[Run]:
         if not spec.get(key):
             raise SweepError(f"{path}: `{key}` is required")
     experiment = str(spec["experiment"])
+    if experiment.startswith(("/", "~")) or any(part in ("..", ".", "") for part in experiment.replace("\\", "/").split("/")):
+        raise SweepError(f"{path}: experiment={experiment!r} must be a relative folder name inside save_dir (no '..', '.', "
+                         "empty or absolute parts), e.g. lr_study or studies/lr")
     base: dict[str, Any] = {}
     for loaded in _config_files(spec["base"], path, "base config"):
         base = merge_config(base, loaded)

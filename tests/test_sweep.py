@@ -73,6 +73,8 @@ def test_grid_expands_to_named_conditions_and_seeds(tmp_path: Path) -> None:
         ({"experiment": "x", "base": "b.yaml", "seedz": 3}, r"unknown key\(s\) \['seedz'\]"),
         ({"experiment": "x"}, "`base` is required"),
         ({"experiment": "x", "base": "missing.yaml"}, "base config .* does not exist"),
+        ({"experiment": "../..", "base": "b.yaml"}, r"experiment='\.\./\.\.' must be a relative folder name inside save_dir"),
+        ({"experiment": "/tmp/x", "base": "b.yaml"}, "must be a relative folder name"),
     ],
 )
 def test_bad_sweep_files_name_the_problem(tmp_path: Path, spec: dict, match: str) -> None:
