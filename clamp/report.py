@@ -49,7 +49,7 @@ WORDS = {  # tag parts in words, for figure titles
     "loss": "loss", "task": "task probe", "repeat": "repeated-token probe", "random": "random-token probe",
     "prev_token": "previous-token attention", "induction": "induction score", "query_to_match": "query -> matching label attention",
     "label_to_exemplar": "label -> its exemplar attention", "query_to_exemplar": "query -> matching exemplar attention",
-    "prefix_matching": "prefix matching", "retrieval": "retrieval score", "copying": "copying score",
+    "prefix_matching": "prefix matching", "retrieval": "retrieval score", "teacher_forced_copy": "teacher-forced copy score", "copying": "copying score",
     "copying_eigen": "OV copying (eigenvalues)", "attn_sink": "attention sink", "ablate_zero": "loss increase when zero-ablated",
     "ablate_mean": "loss increase when mean-ablated", "icl_score": "in-context learning score", "curves": "",
 }  # fmt: skip

@@ -81,7 +81,7 @@ def test_repeat_probe_measures_induction_on_token_tasks(tmp_path: Path) -> None:
 
     emerge = EmergenceCallback(every_n_steps=10, probe_size=16, causal=False, heatmap_every_n_steps=0)
     _fit(tmp_path, 20, [emerge], task=RepeatedTokens(vocab_size=16, seq_len=24, min_period=3, max_period=8))
-    for name in ("repeat/induction", "repeat/prefix_matching", "repeat/prev_token", "task/induction", "repeat/retrieval"):
+    for name in ("repeat/induction", "repeat/prefix_matching", "repeat/prev_token", "task/induction", "repeat/teacher_forced_copy"):
         assert name in emerge.last_heads, name
     assert "curves/task/icl_score" in emerge.history
 

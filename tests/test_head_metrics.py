@@ -333,7 +333,7 @@ def test_all_head_scores_consistent():
     tokens = (tokens % 4)[None]
     batch = {"tokens": tokens, "loss_mask": torch.ones_like(tokens, dtype=torch.bool), "copy_src": copy_src[None]}
     out = all_head_scores(model, batch)
-    assert {"prev_token", "attn_sink", "copying", "copying_eigen", "induction", "retrieval", "retrieval_given_correct", "prefix_matching"} <= set(out)
+    assert {"prev_token", "attn_sink", "copying", "copying_eigen", "induction", "teacher_forced_copy", "retrieval_given_correct", "prefix_matching"} <= set(out)
     assert all(v.shape == (1, 2) for v in out.values())
     _, cache = model.run_with_cache(tokens, names=["layer0.pattern"])
     torch.testing.assert_close(out["prev_token"][0], previous_token_score(cache["layer0.pattern"]))

@@ -62,7 +62,7 @@ def test_top_vs_random_ablation_reports_both_sides() -> None:
     assert r["top"]["loss"] != r["baseline"]["loss"]
     every = top_vs_random_ablation(model, batch, scores, k=4, n_random=1)  # all heads: top and random coincide
     assert every["top"]["loss"] == pytest.approx(every["random"][0]["loss"])
-    assert heads.all_head_scores(model, batch)["retrieval"].shape == (2, 2)
+    assert heads.all_head_scores(model, batch)["teacher_forced_copy"].shape == (2, 2)
 
 
 def test_emergence_callback_refuses_fsdp_clearly() -> None:

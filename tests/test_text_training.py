@@ -74,7 +74,7 @@ def test_hf_model_on_text_with_clamps_and_probes_bf16(corpus_dir: Path) -> None:
         assert key in summary["final"], key
     for metric in ("needle/induction", "repeat/induction", "task/prev_token"):
         assert summary["top_heads"][metric], metric
-    assert "needle/retrieval" in summary["top_heads"]  # NaN (no head listed) until the model copies a needle token right
+    assert "needle/teacher_forced_copy" in summary["top_heads"]  # NaN (no head listed) until the model copies a needle token right
     # the constructed previous-token pattern is what the probes measured on the clamped head
     assert summary["top_heads"]["task/prev_token"][0] == {"head": "L1H0", "score": pytest.approx(1.0)}
     assert (run / "tokenizer" / "tokenizer.json").exists()

@@ -14,7 +14,9 @@ Probes (no gradients, batched, on the module's device, global rank 0 only):
 * ``needle`` (``needle_len > 0``, token data such as natural text): the task probe's sequences
   with a needle of random tokens hidden at a random depth and repeated at the end
   (:func:`clamp.metrics.probes.needle_batch`): retrieval accuracy (``curves/needle/acc``) and
-  Wu et al.'s retrieval score per head (``needle/retrieval``).
+  the teacher-forced copy score per head (``needle/teacher_forced_copy``, a cheap proxy; runs before
+  issue 20.3 logged it as ``needle/retrieval``). Wu et al.'s score needs greedy decoding of every
+  trial (:func:`clamp.metrics.retrieval.wu_retrieval_score`), so it is measured after training.
 
 Scalars go to every logger as ``<probe>/<metric>/L{l}H{h}`` and ``curves/...``; heatmaps are
 images ``heatmap/<probe>/<metric>``; a custom-scalar layout groups the heads of each metric in
@@ -67,7 +69,7 @@ from synthetic_data.repeated_tokens import RepeatedTokens
 
 HEAD_METRICS_FOR_PHASE = (
     "task/induction", "task/induction_strength", "task/query_to_match", "task/label_to_exemplar", "task/prev_token",
-    "repeat/induction", "repeat/prev_token", "random/prev_token", "needle/retrieval",
+    "repeat/induction", "repeat/prev_token", "random/prev_token", "needle/teacher_forced_copy",
 )
 
 

@@ -204,7 +204,8 @@ def teacher_forced_copy_score(
     decodes greedily, matches the attended *token* and keeps only trials with > 50 % recall:
     :func:`clamp.metrics.retrieval.wu_retrieval_score`. (A perfect head with half the trials
     right scores 0.5 here and 0.875 there for 8-token needles.) ``predictions`` is ``[B, T]`` ids
-    or ``[B, T, d_out]`` logits (argmax taken). Logged as ``*/retrieval`` by the emergence probe.
+    or ``[B, T, d_out]`` logits (argmax taken). Logged as ``*/teacher_forced_copy`` by the emergence probe
+    (``*/retrieval`` in runs before issue 20.3).
     """
     steps, correct = _copy_steps(tokens, copy_src, predictions, loss_mask)
 
@@ -476,7 +477,7 @@ def all_head_scores(
             out["induction"] = repeated_tokens_induction_score(pats, b["repeat_start"], b["period"])
         else:
             out["induction"] = induction_score(pats, b["copy_src"])
-        out["retrieval"] = teacher_forced_copy_score(pats, b["tokens"], b["copy_src"], logits, b["loss_mask"])
+        out["teacher_forced_copy"] = teacher_forced_copy_score(pats, b["tokens"], b["copy_src"], logits, b["loss_mask"])
         out["retrieval_given_correct"] = retrieval_score_given_correct(pats, b["tokens"], b["copy_src"], logits, b["loss_mask"])
     if b.get("feature_mask") is None:
         out["prefix_matching"] = prefix_matching_score(pats, b["tokens"])

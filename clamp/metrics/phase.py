@@ -502,7 +502,7 @@ def detect_all(
 #: Tags whose quantity lies in [0, 1] (accuracies, attention fractions, probabilities): scale 1.
 UNIT_RANGE_TAGS = (
     "*/acc", "*/acc/*",
-    "*/prev_token/*", "*/induction/*", "*/prefix_matching/*", "*/retrieval/*", "*/attn_sink/*", "*/attn_sink",
+    "*/prev_token/*", "*/induction/*", "*/prefix_matching/*", "*/retrieval/*", "*/teacher_forced_copy/*", "*/attn_sink/*", "*/attn_sink",
     "*/label_to_exemplar/*", "*/query_to_match/*", "*/query_to_exemplar/*",
 )  # fmt: skip
 

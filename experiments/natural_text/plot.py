@@ -24,13 +24,19 @@ PANELS = [
     ("curves/task/icl_score", "ICL score (late - early token loss, nats)", None),
     ("repeat/induction/L1", "best layer-1 induction score (repeated random tokens)", "max"),
     ("task/prev_token/L0", "best layer-0 previous-token score (held-out text)", "max"),
-    ("needle/retrieval/L", "best retrieval score (needle)", "max"),
+    ("needle/teacher_forced_copy/L", "best teacher-forced copy score (needle)", "max"),
     ("curves/needle/acc", "needle copy accuracy", None),
     ("val/heldout/loss", "held-out loss", None),
 ]
 
 
+#: tags renamed since older runs were logged: new prefix -> old prefix (issue 20.3)
+OLD_TAGS = {"needle/teacher_forced_copy/L": "needle/retrieval/L"}
+
+
 def series(scalars, prefix: str, how: str | None):
+    if how and not scalars.tag.str.startswith(prefix).any() and prefix in OLD_TAGS:
+        prefix = OLD_TAGS[prefix]  # a run logged before the rename
     rows = scalars[scalars.tag.str.startswith(prefix)] if how else scalars[scalars.tag == prefix]
     return rows.groupby("step").value.max() if how else rows.set_index("step").value
 

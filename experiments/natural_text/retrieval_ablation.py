@@ -78,7 +78,7 @@ def one_needle_seed(model: torch.nn.Module, hay: torch.Tensor, seed: int, ks: Se
     select = make_needles(hay[:half], needle_len, vocab, 2 * seed + 1, source)
     test = make_needles(hay[half:], needle_len, vocab, 2 * seed + 2, source)
     wu = wu_retrieval_score(model, select)
-    tf = heads.all_head_scores(model, select)["retrieval"]
+    tf = heads.all_head_scores(model, select)["teacher_forced_copy"]
     ranked_by = "wu" if wu.counted.any() else "teacher_forced_copy"
     scores = wu.score if ranked_by == "wu" else tf
     acc = ablation_effect(model, test, [])["acc"]
