@@ -48,7 +48,11 @@ class AnalyzeError(ValueError):
 
 def load_model(ckpt: str | Path) -> Transformer:
     """The transformer of a Lightning checkpoint written by ``clamp fit`` (eval mode, CPU)."""
-    state, hp = load_reference_state(ckpt)
+    try:
+        state, hp = load_reference_state(ckpt)
+    except (ValueError, FileNotFoundError) as e:  # its wording is for intervention references; here it is the analysed file
+        raise AnalyzeError(str(e).replace("reference checkpoint", "checkpoint", 1)
+                           + "; `clamp analyze` needs a checkpoint written by `clamp fit` (e.g. <run>/checkpoints/last.ckpt)") from None
     if "transformer" not in hp or "task" not in hp:
         raise AnalyzeError(f"{ckpt}: no transformer/task hyper-parameters; expected a checkpoint written by `clamp fit`")
     task = hp["task"]
@@ -370,10 +374,12 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     try:
         out_dir = analyze_checkpoint(**kwargs)
-    except (AnalyzeError, FileNotFoundError, KeyError) as err:
+    except (AnalyzeError, OSError, KeyError) as err:  # OSError: e.g. a read-only run folder for the output
         if cfg.debug:
             raise
-        parser.error(str(err.args[0] if err.args else err))
+        what = str(err.args[0] if isinstance(err, (AnalyzeError, KeyError)) and err.args else err)
+        print(f"clamp analyze: error: {what} (--debug for the traceback)", file=sys.stderr)
+        sys.exit(2)
     print((out_dir / "analysis.md").read_text())
     print(f"analysis written to {out_dir} ({time.perf_counter() - start:.1f} s)")
 

@@ -148,3 +148,27 @@ def test_output_folder_is_named_by_the_checkpoints_step(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(1)}, tmp_path / "weights.pt")
     assert _step_folder(tmp_path / "last.ckpt") == "step_1234"
     assert _step_folder(tmp_path / "weights.pt") == "weights"
+
+
+def test_a_garbage_checkpoint_or_an_unwritable_output_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18.9: `clamp analyze` on a truncated file or a read-only run folder: one line naming the file, exit 2."""
+    import clamp.analyze as A
+
+    run, _ = _run(tmp_path)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[: len(good) // 3])  # a kill during the write
+    with pytest.raises(SystemExit) as e:
+        A.main([str(ckpt)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "checkpoint" in err and "reference" not in err and str(ckpt) in err
+    ckpt.write_bytes(good)
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(SystemExit) as e:
+        A.main([str(ckpt)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Permission denied" in err and "analysis" in err
