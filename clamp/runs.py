@@ -45,7 +45,12 @@ def find_checkpoint(run_dir: str | Path) -> Path:
     last = d / "checkpoints" / "last.ckpt"
     if last.is_file():
         return last
-    ckpts = sorted(d.glob("checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if last.is_symlink():  # save_last: link whose target was deleted
+        raise FileNotFoundError(
+            f"{str(last)!r} is a broken link to {str(last.readlink())!r}, which no longer exists (save_last: link points "
+            "at the newest checkpoint); restore that file, or point --ckpt_path at another checkpoint in the folder"
+        )
+    ckpts = sorted((c for c in d.glob("checkpoints/*.ckpt") if c.is_file()), key=lambda p: p.stat().st_mtime)
     if not ckpts:
         raise FileNotFoundError(
             f"no checkpoint in {str(d / 'checkpoints')!r} (the run stopped before its first validation, "
