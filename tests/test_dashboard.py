@@ -21,13 +21,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TAG_BUDGET = 100
 
 
-def test_default_config_writes_at_most_100_scalar_tags(tmp_path: Path) -> None:
-    """The default experiment (8 heads, 2 layers), shrunk in width and steps only: headline and circuit tags stay."""
+def _tiny_default_run(save_dir: Path) -> None:
+    """The default experiment, 10 steps and d_model 16, quietly: its run folder lands in ``save_dir``."""
     args = ["fit", "--config", str(ROOT / "experiments" / "induction_default.yaml"), "--trainer.max_steps", "10",
-            "--trainer.val_check_interval", "5", "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.val_check_interval", "5", "--trainer.logger.init_args.save_dir", str(save_dir),
             "--data.batch_size", "16", "--data.eval_size", "32", "--model.transformer.d_model", "16"]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         main(args)
+
+
+def test_default_config_writes_at_most_100_scalar_tags(tmp_path: Path) -> None:
+    """The default experiment (8 heads, 2 layers), shrunk in width and steps only: headline and circuit tags stay."""
+    _tiny_default_run(tmp_path)
     (events,) = tmp_path.glob("*/version_0/events.out.tfevents.*")
     acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
     acc.Reload()
@@ -99,11 +104,7 @@ def test_screenshot_reads_cards_in_page_order_and_finds_the_headline_copy() -> N
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")), reason="no chromium binary")
 def test_screenshot_shows_val_ic_acc_on_the_first_screen(tmp_path: Path) -> None:
     """TensorBoard in headless Chromium, on a 10-step default run: the script exits 0 and writes the PNG."""
-    args = ["fit", "--config", str(ROOT / "experiments" / "induction_default.yaml"), "--trainer.max_steps", "10",
-            "--trainer.val_check_interval", "5", "--trainer.logger.init_args.save_dir", str(tmp_path),
-            "--data.batch_size", "16", "--data.eval_size", "32", "--model.transformer.d_model", "16"]  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        main(args)
+    _tiny_default_run(tmp_path)
     (run,) = tmp_path.glob("*/version_0")
     png = tmp_path / "dash.png"
     res = subprocess.run([sys.executable, str(ROOT / "experiments" / "dashboard" / "screenshot.py"), str(run), "--out", str(png)],

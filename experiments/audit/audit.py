@@ -98,18 +98,22 @@ def run_cli(tmp: Path, args: list[str], timeout: float = 240) -> Result:
         finally:
             sys.stderr.flush()
             os._exit(code)
+    rc = _wait_child(pid, timeout)
+    return Result(rc=rc, err=err_path.read_text() if err_path.exists() else "", runs=runs, tmp=tmp)
+
+
+def _wait_child(pid: int, timeout: float) -> int | str:
+    """The forked child's exit code, or ``"timeout"`` after killing it once ``timeout`` seconds have passed."""
     deadline = time.time() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            break
+            return os.waitstatus_to_exitcode(status)
         if time.time() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return Result(rc="timeout", err=err_path.read_text() if err_path.exists() else "", runs=runs, tmp=tmp)
+            return "timeout"
         time.sleep(0.2)
-    rc = os.waitstatus_to_exitcode(status)
-    return Result(rc=rc, err=err_path.read_text() if err_path.exists() else "", runs=runs, tmp=tmp)
 
 
 def run_subprocess(tmp: Path, args: list[str], timeout: float = 400, kill_when: Callable[[], bool] | None = None) -> Result:
@@ -546,17 +550,7 @@ def i23_forked(tmp: Path, argv: list[str], patch: Callable[[], None] | None = No
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    deadline = time.time() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return Result(rc="timeout", err=out_path.read_text(), runs=tmp / "runs", tmp=tmp)
-        time.sleep(0.2)
-    return Result(rc=os.waitstatus_to_exitcode(status), err=out_path.read_text(), runs=tmp / "runs", tmp=tmp)
+    return Result(rc=_wait_child(pid, timeout), err=out_path.read_text(), runs=tmp / "runs", tmp=tmp)
 
 
 def i23_failed_lines(out: str) -> list[str]:
