@@ -29,6 +29,10 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 OUT_NPY, OUT_JSON = HERE / "omniglot_resnet18_features.npy", HERE / "omniglot_resnet18_features.json"
+# Study 6's "200 training classes": the small zips hold 242 characters, too few for 200 + 100 distinct
+# exemplar characters beside the extractor's, so the 200 are the 50 training characters at 0/90/180/270
+# degrees (rotations as new classes, like the extractor's); the 100 held-out classes stay the same.
+OUT300_NPY, OUT300_JSON = HERE / "omniglot_resnet18_features_300.npy", HERE / "omniglot_resnet18_features_300.json"
 SEED, THREADS = 0, 1  # one thread: on the shared 2-core machine a second one spun more than it computed
 N_TRAIN_CLASSES, N_HOLDOUT_CLASSES, N_DRAWINGS = 50, 100, 5
 RES, EPOCHS, BATCH, LR, WEIGHT_DECAY = 48, 4, 64, 0.1, 5e-4
@@ -186,7 +190,7 @@ def train_extractor(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torc
     return model, {"train_loss_per_epoch": log, "train_accuracy": accuracy(model, x, y), "val_accuracy": accuracy(model, xv, yv)}
 
 
-def geometry(f: np.ndarray) -> dict[str, float]:
+def geometry(f: np.ndarray, n_train: int = N_TRAIN_CLASSES) -> dict[str, float]:
     """Cosine structure of ``[classes, exemplars, dim]``: within-class vs between-class pairs, zeros, norms."""
     C, E, _ = f.shape
     u = f.reshape(C * E, -1) / np.linalg.norm(f.reshape(C * E, -1), axis=1, keepdims=True)
@@ -195,7 +199,7 @@ def geometry(f: np.ndarray) -> dict[str, float]:
     same, off = cls[:, None] == cls[None, :], ~np.eye(C * E, dtype=bool)
     means = f.mean(1) / np.linalg.norm(f.mean(1), axis=1, keepdims=True)
     mcos = means @ means.T
-    # leave-one-out nearest class mean (from the other 4 drawings), over all 150 classes
+    # leave-one-out nearest class mean (from the other 4 drawings), over all classes
     sums = f.sum(1)
     hits = 0
     for c in range(C):
@@ -209,7 +213,7 @@ def geometry(f: np.ndarray) -> dict[str, float]:
         "within_class_cosine": float(cos[same & off].mean()),
         "between_class_cosine": float(cos[~same].mean()),
         "between_class_mean_cosine": float(mcos[~np.eye(C, dtype=bool)].mean()),
-        "train_slot_between_class_cosine": float((lambda m: m[~np.eye(N_TRAIN_CLASSES, dtype=bool)].mean())(u[cls < N_TRAIN_CLASSES][::E] @ u[cls < N_TRAIN_CLASSES][::E].T)),
+        "train_slot_between_class_cosine": float((lambda m: m[~np.eye(n_train, dtype=bool)].mean())(u[cls < n_train][::E] @ u[cls < n_train][::E].T)),
         "fraction_zeros": float((f == 0).mean()),
         "mean_norm": float(np.linalg.norm(f, axis=2).mean()),
         "mean_value": float(f.mean()),
@@ -219,6 +223,29 @@ def geometry(f: np.ndarray) -> dict[str, float]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_rotated(model: ResNet18, chars: dict, groups: dict, prov: dict) -> None:
+    """The 300-class file: training characters at 4 rotations (rows r*50 + i), then the 100 held-out ones upright."""
+    rows = [(k, r) for r in range(ROTATIONS) for k in groups["train"]] + [(k, 0) for k in groups["holdout"]]
+    with torch.no_grad():
+        feats = torch.stack([model.features(torch.rot90(to_tensor([b for _, b in chars[k][:N_DRAWINGS]]), r, dims=(2, 3)))
+                             for k, r in rows]).numpy().astype(np.float32)
+    assert feats.shape == (ROTATIONS * N_TRAIN_CLASSES + N_HOLDOUT_CLASSES, N_DRAWINGS, 512) and (feats >= 0).all()
+    np.save(OUT300_NPY, feats)
+    n_train = ROTATIONS * N_TRAIN_CLASSES
+    out = {k: v for k, v in prov.items() if k not in ("classes", "geometry", "wall_s", "cpu_s")}
+    out |= {
+        "file": OUT300_NPY.name, "sha256": sha256(OUT300_NPY), "shape": list(feats.shape),
+        "what": f"as {OUT_NPY.name}, but classes 0-{n_train - 1} are its {N_TRAIN_CLASSES} training characters rotated by "
+                f"90*(index // {N_TRAIN_CLASSES}) degrees (rotations as new classes) and {n_train}-{n_train + N_HOLDOUT_CLASSES - 1} "
+                f"its {N_HOLDOUT_CLASSES} held-out characters upright (base.yaml: holdout_classes 100); same extractor",
+        "classes": [{"index": i, "split": "train" if i < n_train else "holdout", "alphabet": a, "character": c,
+                     "rotation_degrees": 90 * r, "drawings": [n for n, _ in chars[(a, c)][:N_DRAWINGS]]}
+                    for i, ((a, c), r) in enumerate(rows)],
+        "geometry": geometry(feats, n_train),
+    }
+    OUT300_JSON.write_text(json.dumps(out, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
     }
     OUT_JSON.write_text(json.dumps(prov, indent=1) + "\n")
+    write_rotated(model, chars, groups, prov)
     print(json.dumps({k: prov[k] for k in ("geometry", "wall_s", "cpu_s")} | {"val_accuracy": stats["val_accuracy"]}, indent=1))
 
 
