@@ -37,6 +37,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -338,12 +339,16 @@ class SweepResult:
 
 
 def _run_in_process(run: Run) -> str | None:
-    from clamp.cli import cli_main
-
+    """One ``clamp fit`` in this process, without Lightning's set-up lines (seed, GPU/TPU, tips, "fit
+    stopped"): repeated for every run they buried the sweep's own lines; warnings and errors still show."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from clamp.cli import cli_main
+    from clamp.ensemble.runner import _quiet_set_up
+
     try:
-        cli_main(run.fit_args())
+        with _quiet_set_up():
+            cli_main(run.fit_args())
     except SIGTERMException:  # preempted (a SystemExit without a code): the run is checkpointed; stop the sweep
         raise
     except SystemExit as e:  # jsonargparse reports config errors by exiting
@@ -404,9 +409,16 @@ def run_sweep(
             (result.failed.append((run, err)) if err else result.ran.append(run))
         return result
     work = _run_in_process if jobs == 1 else _run_subprocess
+
+    def timed(run: Run) -> tuple[str | None, float]:
+        t0 = time.monotonic()
+        return work(run), time.monotonic() - t0
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for run, err in zip(todo, pool.map(work, todo)):
+        for i, (run, (err, seconds)) in enumerate(zip(todo, pool.map(timed, todo)), 1):
             (result.failed.append((run, err)) if err else result.ran.append(run))
+            state = "failed" if err else "done"
+            print(f"sweep: run {i}/{len(todo)} {state}: {run.dir} ({seconds:.1f} s)", file=sys.stderr, flush=True)
     return result
 
 

@@ -215,3 +215,28 @@ def test_quiet_set_up_silences_lightnings_info_lines_and_restores_them() -> None
             warnings.warn("something else", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else"]
     assert [lg.level for lg in loggers] == before
+
+
+def test_plain_sweep_prints_its_own_lines_without_lightnings_set_up_lines(tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 21.4: a plain sweep (no --ensemble) runs each ``clamp fit`` without Lightning's set-up lines
+    (seed, GPU/TPU, tips, "fit stopped"), prints one line per finished run and its closing lines, and
+    leaves Lightning's loggers as they were for a later ``clamp fit``. Under pytest Lightning's records
+    go to pytest's log handler (not its own stream handler), so they are looked for in both."""
+    import logging
+
+    from clamp.ensemble.runner import _SET_UP_LOGGERS
+
+    before = [logging.getLogger(n).level for n in _SET_UP_LOGGERS]
+    emergence = {"class_path": "clamp.metrics.EmergenceCallback", "init_args": {"every_n_steps": 3}}  # writes summary.json
+    path = _sweep(tmp_path, seeds=2, **{"trainer.callbacks": [emergence]})
+    main(["sweep", str(path)])
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    for noise in ("GPU available", "TPU available", "Seed set to", "Tip:", "`Trainer.fit` stopped"):
+        assert noise not in text, (noise, text)
+    runs = tmp_path / "runs" / "study" / "base"
+    for i, seed in ((1, 0), (2, 1)):
+        assert f"sweep: run {i}/2 done: {runs / f'seed{seed}'} (" in err, err
+    assert f"sweep {path}: 2 ran, 0 failed, 0 already finished" in out, out
+    assert "final values, mean ± std (n seeds):" in out and "| base | " in out, out
+    assert [logging.getLogger(n).level for n in _SET_UP_LOGGERS] == before
