@@ -289,6 +289,27 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ClampCLI:
     return cli
 
 
+class _ParserBuilt(Exception):  # noqa: N818 (a signal, not an error)
+    pass
+
+
+def fit_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)
+    """The parser ``clamp fit`` reads its config with, built and left unused: ``clamp sweep`` checks
+    every run's config with it before the first run starts, so a misspelt key fails the sweep at once."""
+
+    class _ParseOnly(ClampCLI):
+        def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (jsonargparse types)
+            raise _ParserBuilt(self._parser("fit"))
+
+    no_exit = {"exit_on_error": False}
+    try:
+        _ParseOnly(TrainingModule, L.LightningDataModule, subclass_mode_data=True, args=[],
+                   parser_kwargs={**no_exit, **{sub: dict(no_exit) for sub in TRAINER_COMMANDS}})
+    except _ParserBuilt as built:
+        return built.args[0]
+    raise AssertionError("LightningCLI parsed no arguments")  # pragma: no cover
+
+
 def _check_config_files(args: list[str]) -> None:
     """Catch empty / non-mapping YAML files with a message naming the file (jsonargparse's is cryptic)."""
     for i, a in enumerate(args):

@@ -289,6 +289,63 @@ def _run_config(cfg: dict[str, Any], run: Run, root: Path) -> dict[str, Any]:
     return cfg
 
 
+def check_configs(runs: Sequence[Run]) -> None:
+    """Parse every run's config with ``clamp fit``'s own parser, so a misspelt key or a bad value fails
+    the whole sweep before anything is written, instead of each run failing on its own."""
+    if not runs:
+        return
+    from clamp.cli import fit_parser
+
+    parser = fit_parser()
+    keys: list[str] | None = None
+    for run in runs:
+        try:
+            parser.parse_object(copy.deepcopy(run.config))  # the parser edits what it is given
+        except Exception as e:  # noqa: BLE001 (jsonargparse reports every config problem as some error)
+            if keys is None:
+                keys = list(parser.get_defaults().keys())
+            cell = f"grid cell {run.levels}" if run.levels else "the base config and overrides"
+            raise SweepError(f"{run.sweep_file}: condition {run.condition!r} ({cell}), seed {run.seed}: {_config_problem(e, keys)}") from None
+
+
+_GROUP_KEY = re.compile(r"""Group '([^']+)' does not accept option '([^']+)'""")
+_TOP_KEY = re.compile(r"""^Option '([^']+)' is not accepted""")
+_CLASS_KEY = re.compile(r"""Parser key "([^"]+)":.*?Problem with given class_path '([^']+)':\s*Option '([^']+)' is not accepted""", re.S)
+
+
+def _config_problem(e: BaseException, keys: list[str]) -> str:
+    """One line: the unknown key with its closest valid keys (or all of them), else the parser's reason."""
+    import difflib
+    import inspect
+
+    from clamp.cli import one_line
+    from clamp.interventions.ops import import_callable
+
+    text = str(e)
+    if m := _GROUP_KEY.search(text) or _TOP_KEY.search(text):
+        key = ".".join(m.groups())
+        group, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+        while group and not any(k.startswith(f"{group}.") for k in keys):  # a misspelt section: offer its parent's keys
+            group, leaf = group.rsplit(".", 1) if "." in group else ("", group)
+        prefix = f"{group}." if group else ""
+        children = (prefix + k[len(prefix):].split(".")[0] for k in keys if k.startswith(prefix))
+        choices = list(dict.fromkeys(children))  # the keys one level below the group, in the parser's order
+    elif m := _CLASS_KEY.search(text):
+        where, class_path, leaf = m.groups()
+        key = f"{where}: {class_path} init_args.{leaf}"
+        try:
+            params = inspect.signature(import_callable(class_path)).parameters
+            choices = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        except Exception:  # noqa: BLE001 (no choices to offer: still name the key)
+            choices = []
+    else:
+        return one_line(e)
+    close = difflib.get_close_matches(leaf, [c.rsplit(".", 1)[-1] for c in choices], n=3, cutoff=0.6)
+    full = [c for c in choices if c.rsplit(".", 1)[-1] in close]
+    hint = f"did you mean {', '.join(full)}?" if full else f"valid: {', '.join(choices)}"
+    return f"unknown key {key}; {hint}"
+
+
 # ---------------------------------------------------------------------------------- the record
 class ConditionRecord(Callback):
     """Writes ``condition.json`` into the run folder: the run's sweep condition, and ``finished`` at the end of fit.
@@ -388,6 +445,7 @@ def run_sweep(
     if ensemble < 0:
         raise SweepError(f"ensemble={ensemble} must be >= 0 (0: no ensembles)")
     runs = load_sweep(sweep, save_dir)
+    check_configs(runs)  # before any run folder exists: a bad key fails the sweep, not each run
     result = SweepResult()
     todo = []
     for run in runs:

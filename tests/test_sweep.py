@@ -240,3 +240,13 @@ def test_plain_sweep_prints_its_own_lines_without_lightnings_set_up_lines(tmp_pa
     assert f"sweep {path}: 2 ran, 0 failed, 0 already finished" in out, out
     assert "final values, mean ± std (n seeds):" in out and "| base | " in out, out
     assert [logging.getLogger(n).level for n in _SET_UP_LOGGERS] == before
+
+
+def test_a_misspelt_key_fails_the_sweep_before_any_run_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _sweep(tmp_path, grid={"steps": {"ok": {}, "typo": {"trainer.max_stepz": 3}}}, seeds=2)
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown key trainer.max_stepz" in err and "condition 'typo'" in err and "did you mean trainer.max_steps" in err
+    assert not (tmp_path / "runs").exists()  # not even the valid condition's runs were written or started
