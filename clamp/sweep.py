@@ -533,8 +533,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         result = run_sweep(cfg.sweep, jobs=cfg.jobs, dry_run=cfg.dry_run, ensemble=cfg.ensemble, save_dir=cfg.save_dir)
-    except (SweepError, FileNotFoundError) as err:
-        parser.error(str(err))
+    except (SweepError, FileNotFoundError) as err:  # one line, no usage block: the problem is in the file, not the arguments
+        print(f"clamp sweep: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     except SIGTERMException:  # preempted: the running run(s) checkpointed; a re-run resumes them
         sig = received_signal() or signal.SIGTERM
         print(f"sweep {cfg.sweep}: stopped by {signal.Signals(sig).name}; the running runs saved checkpoints, run it again to resume", file=sys.stderr)

@@ -248,5 +248,6 @@ def test_a_misspelt_key_fails_the_sweep_before_any_run_starts(tmp_path: Path, ca
         main(["sweep", str(path)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no usage block
     assert "unknown key trainer.max_stepz" in err and "condition 'typo'" in err and "did you mean trainer.max_steps" in err
     assert not (tmp_path / "runs").exists()  # not even the valid condition's runs were written or started
