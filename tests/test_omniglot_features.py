@@ -71,3 +71,19 @@ def test_overlay_config_trains_on_the_file_with_all_splits(tmp_path: Path, monke
         assert np.isfinite(events.Scalars(f"val/{split}/loss")[-1].value), split
     task = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]["task"]["init_args"]
     assert (task["exemplars"], task["exemplars_per_class"], task["within_class_noise"]) == (cfg["data"]["task"]["init_args"]["exemplars"], 0, 0.0)
+
+
+def test_300_class_file_extends_the_150_class_file_with_rotated_training_characters() -> None:
+    """Study 6's 200 training classes: rows 0-49 and 200-299 are the 150-class file's rows (same extractor,
+    same drawings), rows 50-199 the same 50 training characters at 90/180/270 degrees, all distinct."""
+    big, small = np.load(DIR / "omniglot_resnet18_features_300.npy"), np.load(NPY)
+    prov = json.loads((DIR / "omniglot_resnet18_features_300.json").read_text())
+    assert big.shape == (300, 5, 512) and prov["sha256"] == hashlib.sha256((DIR / "omniglot_resnet18_features_300.npy").read_bytes()).hexdigest()
+    np.testing.assert_array_equal(big[:50], small[:50])
+    np.testing.assert_array_equal(big[200:], small[50:])
+    assert [c["rotation_degrees"] for c in prov["classes"]] == [0] * 50 + [90] * 50 + [180] * 50 + [270] * 50 + [0] * 100
+    assert [c["split"] for c in prov["classes"]] == ["train"] * 200 + ["holdout"] * 100
+    train_chars = {(c["alphabet"], c["character"]) for c in prov["classes"][:200]}
+    assert len(train_chars) == 50 and not train_chars & {(c["alphabet"], c["character"]) for c in prov["classes"][200:]}
+    means = big.mean(1)
+    assert not any(np.allclose(means[i], means[i + 50 * r]) for i in range(50) for r in (1, 2, 3))  # a rotation is a new class
