@@ -48,14 +48,14 @@ def evidence(run: Path) -> tuple[str, bool]:
     steps, train = curve(events, "train/loss")
     vsteps, held = curve(events, "val/heldout/loss")
     heads = sorted(t for t in tags if t.startswith(LAYER1))
-    finals = {t.split("/")[-1]: curve(events, t)[1] for t in heads}
-    best_head = max(finals, key=lambda h: finals[h].max())
-    best = float(finals[best_head].max())
+    curves = {t.split("/")[-1]: curve(events, t) for t in heads}
+    best_head = max(curves, key=lambda h: curves[h][1].max())
+    hs, hv = curves[best_head]
+    best = float(hv.max())
     null = null_max(run, "repeat/induction", 1)
     isteps, icl = curve(events, "curves/task/icl_score")
     icl_drops = [p for p in phase_changes_of("curves/task/icl_score", isteps, icl) if p.direction == "drop"]
-    hs, hv = curve(events, f"{LAYER1}{best_head[3:]}")
-    head_rises = [p for p in phase_changes_of(f"{LAYER1}{best_head[3:]}", hs, hv) if p.direction == "rise"]
+    head_rises = [p for p in phase_changes_of(f"repeat/induction/{best_head}", hs, hv) if p.direction == "rise"]
     together = any(abs(a.midpoint - b.midpoint) <= max(a.width, b.width) for a in icl_drops for b in head_rises)
     formed = best >= THRESHOLD and (null is None or best > null) and together
     cache = sorted((run.parent.parent / ".text_cache").glob("*/tokens.npy"))

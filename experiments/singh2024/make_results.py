@@ -619,7 +619,8 @@ class Report:
             return
         clamps = ["B", "C", "BC", "none"]
         datas = ["c50_l5", "c200_l5", "c50_l15", "c200_l15"]
-        speed = {(c, d): stat([learning_speed(*curve(r)) for r in groups[f"{c}_{d}"]]) for c in clamps for d in datas if f"{c}_{d}" in groups}
+        speeds = {(c, d): [learning_speed(*curve(r)) for r in groups[f"{c}_{d}"]] for c in clamps for d in datas if f"{c}_{d}" in groups}
+        speed = {k: stat(v) for k, v in speeds.items()}
         fig = figure(12, 4)
         axes = fig.subplots(1, len(clamps), squeeze=False)[0]
         for ax, c in zip(axes, clamps, strict=True):
@@ -656,9 +657,8 @@ class Report:
         # features): each half of the claim must also hold with the 95 % bootstrap interval of the difference
         # of mean learning speeds excluding 0. Both factors share the 50/5 baseline, so "B slows more with
         # classes than with labels" is speed(B, c200_l5) > speed(B, c50_l15), and C's half the reverse.
-        raw = lambda c, d: [learning_speed(*curve(r)) for r in groups.get(f"{c}_{d}", [])]  # noqa: E731
-        b_diff = bootstrap_diff(raw("B", "c50_l15"), raw("B", "c200_l5"))
-        c_diff = bootstrap_diff(raw("C", "c200_l5"), raw("C", "c50_l15"))
+        b_diff = bootstrap_diff(speeds.get(("B", "c50_l15"), []), speeds.get(("B", "c200_l5"), []))
+        c_diff = bootstrap_diff(speeds.get(("C", "c200_l5"), []), speeds.get(("C", "c50_l15"), []))
         b_ok, c_ok = b_diff.excludes(0.0) and (b_diff.estimate or 0) > 0, c_diff.excludes(0.0) and (c_diff.estimate or 0) > 0
         strict = ("both halves hold with 95 % intervals: reproduced" if ok and b_ok and c_ok
                   else f"B's half {'holds' if b_ok else 'is not resolved'}, C's half {'holds' if c_ok else 'is not resolved'}: "
