@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from clamp.cli import main
+from clamp.ensemble import trainer as ensemble_trainer
 from clamp.ensemble.runner import _build_member, plan_ensembles, resume_step, train_ensemble
 from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member
 from clamp.interventions.callback import ClampCallback
@@ -130,6 +131,36 @@ def test_ensemble_sweep_equals_separate_runs(tmp_path: Path) -> None:
     assert EmergenceCallback.unpack_history(none["callbacks"]["EmergenceCallback"])["train/loss"] != EmergenceCallback.unpack_history(clamped["callbacks"]["EmergenceCallback"])["train/loss"]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_members_read_the_batches_of_separate_runs(workers: int) -> None:
+    """With or without data workers (one lockstep loader for all members), step k gives every member
+    its own run's batch k, resumed mid-stream too: the batches a separate run's DataLoader yields."""
+    from types import SimpleNamespace
+
+    from clamp.ensemble.trainer import _steps
+
+    def loaders(num_workers: int) -> list:
+        out = []
+        for seed in range(3):
+            dm = bursty_datamodule(seed, batch_size=4)
+            dm.num_workers = num_workers
+            dm.trainer = SimpleNamespace(global_step=3, accumulate_grad_batches=1)  # resumed at step 3
+            out.append(dm.train_dataloader())
+        return out
+
+    steps = _steps(loaders(workers))
+    separate = [iter(lo) for lo in loaders(0)]  # each run's own DataLoader
+    for _ in range(5):
+        step = next(steps)
+        assert len(step) == 3
+        for member, it in zip(step, separate):
+            expected = next(it)
+            assert member.keys() == expected.keys()
+            for k, v in expected.items():
+                assert isinstance(member[k], torch.Tensor) and torch.equal(member[k], v), k
+    assert not torch.equal(step[0]["features"], step[1]["features"])  # members' seeds differ
+
+
 def test_runs_group_by_everything_but_seed_and_clamps(tmp_path: Path) -> None:
     runs = load_sweep(_sweep(tmp_path), str(tmp_path / "runs"))
     assert [len(g) for g in plan_ensembles(runs, 3)] == [3, 1]
@@ -156,10 +187,13 @@ def test_unsupported_settings_are_rejected_by_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("clamped", [False, True])
-def test_validation_slices_a_batch_across_members_unless_a_clamp_acts(tmp_path: Path, clamped: bool) -> None:
-    """Without live clamps, one validation forward holds about one run's eval batch (eval_batch_size //
-    members rows per member); a clamp that reads the batch sees Lightning's whole batch. Metrics equal
-    each member's own evaluation either way."""
+@pytest.mark.parametrize("cache", [1, None])
+def test_validation_slices_a_batch_across_members_unless_a_clamp_acts(tmp_path: Path, clamped: bool, cache: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without live clamps, a validation forward too big for the cache holds about one run's eval batch
+    (eval_batch_size // members rows per member); a clamp that reads the batch sees Lightning's whole
+    batch. Metrics equal each member's own evaluation either way."""
+    if cache is not None:
+        monkeypatch.setattr(ensemble_trainer, "EVAL_CACHE_BYTES", cache)  # as if these tiny members were large
     members = []
     for seed in range(4):
         dm = bursty_datamodule(seed)  # eval_size 64, eval_batch_size 64
@@ -173,7 +207,7 @@ def test_validation_slices_a_batch_across_members_unless_a_clamp_acts(tmp_path: 
     rows: list[int] = []
     loop.model.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[1]))
     loop._validate()
-    assert rows == ([64, 16] if clamped else [16, 16, 16, 16, 16]) * 2  # per split: [0:64] and [64:80]
+    assert rows == ([64, 16] if clamped or cache is None else [16, 16, 16, 16, 16]) * 2  # per split: [0:64] and [64:80]
     for trainer, m in zip(loop.trainers, members):
         for split in m.datamodule.eval_split_names:
             data = m.datamodule.eval_set(split)
@@ -190,6 +224,15 @@ def test_validation_slices_a_batch_across_members_unless_a_clamp_acts(tmp_path: 
                     sums += torch.stack([loss * n, acc * n, n.float()])
             torch.testing.assert_close(trainer.callback_metrics[f"val/{split}/loss"], sums[0] / sums[2], atol=2e-6, rtol=1e-5)
             torch.testing.assert_close(trainer.callback_metrics[f"val/{split}/acc"], sums[1] / sums[2], atol=2e-6, rtol=1e-5)
+
+
+def test_eval_rows_slice_only_what_outgrows_the_cache() -> None:
+    """Whole batches for tiny members (slicing would only multiply forwards); for 8 members of the
+    singh2024 setting (d_model 64, eval batch 1000, 17 positions) a separate run's batch in all."""
+    assert ensemble_trainer.eval_rows(512, 16, 5, 16) == 512
+    assert ensemble_trainer.eval_rows(1000, 8, 17, 64) == 125
+    assert ensemble_trainer.eval_rows(512, 16, 5, 64) == 204  # between: as many rows as fit 4 MiB
+    assert ensemble_trainer.eval_rows(4, 16, 5, 64) == 4  # never more than the batch
 
 
 # ---------------------------------------------------------------------------------- resuming

@@ -25,12 +25,15 @@ import copy
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data._utils.collate import default_convert
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -45,6 +48,7 @@ from clamp.training import DivergenceError, TrainingModule, masked_loss_and_accu
 from models.ensemble import EnsembleTransformer
 from synthetic_data.base import model_inputs
 
+SAVE_THREADS = 8  # checkpoint writes in flight at once
 INPUT_KEYS = ("tokens", "features", "feature_mask", "targets", "loss_mask")
 
 
@@ -130,19 +134,65 @@ class LoopSettings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def _batches(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
-    """``iter(loader)``, or its dataset's own iterator where the DataLoader would only pass the batches
-    through (an iterable dataset of whole batches, no workers, no pinning, ``default_convert``): the same
-    batches (converted as the DataLoader does) without its per-batch machinery, which an ensemble pays
-    once per member per step."""
-    from torch.utils.data import DataLoader, IterableDataset
-    from torch.utils.data._utils.collate import default_convert
-
-    passthrough = (
+def _passthrough(loader: Any) -> bool:
+    """Whether ``loader`` only passes an iterable dataset's whole batches through (no batching, no
+    pinning, ``default_convert``): then its dataset can be read directly, or beside its siblings'."""
+    return (
         isinstance(loader, DataLoader) and isinstance(loader.dataset, IterableDataset) and loader.batch_size is None
-        and loader.num_workers == 0 and not loader.pin_memory and loader.collate_fn is default_convert
+        and not loader.pin_memory and loader.collate_fn is default_convert
     )  # fmt: skip
-    return (default_convert(b) for b in loader.dataset) if passthrough else iter(loader)
+
+
+class _Lockstep(IterableDataset):
+    """Every member's train stream, one step (the list of their batches) at a time.
+
+    Read by one DataLoader with the members' ``num_workers``, all members' sampling runs in those
+    workers instead of 16 (say) loaders' worth of processes, or the training process. Inside worker
+    ``w`` of ``n`` each member's stream yields its batches ``w, w + n, ...`` (its own worker
+    interleaving), and the DataLoader takes the workers in turn, so step ``k`` holds every member's
+    batch ``k``: the batches separate runs would read."""
+
+    def __init__(self, datasets: Sequence[IterableDataset]) -> None:
+        self.datasets = list(datasets)
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        return _zipped([iter(d) for d in self.datasets], _to_numpy)
+
+
+def _to_numpy(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch's tensors as numpy arrays: pickled through the worker's pipe, small arrays cost far less
+    than tensors, each of which a worker hands over as its own shared-memory segment."""
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _same(x: Any) -> Any:
+    """The lockstep loader's collate function: batches stay as the worker made them."""
+    return x
+
+
+def _zipped(streams: Sequence[Iterator[Any]], convert: Any = None) -> Iterator[list[Any]]:
+    """One item of every (endless) stream per step, each passed through ``convert`` if given."""
+    while True:
+        yield [next(s) for s in streams] if convert is None else [convert(next(s)) for s in streams]
+
+
+def _steps(loaders: Sequence[Any]) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """The members' batches, one step at a time, read the cheapest way their loaders allow.
+
+    Loaders that only pass whole batches through are read without the DataLoader's per-batch
+    machinery (which an ensemble would pay once per member per step): in this process when they
+    have no workers, else all in one lockstep DataLoader with their workers. Anything else (a
+    batching or pinning loader) is iterated as it is, one loader per member."""
+    if not all(_passthrough(lo) for lo in loaders):
+        return _zipped([iter(lo) for lo in loaders])
+    workers = loaders[0].num_workers
+    if workers == 0:
+        return _zipped([iter(lo.dataset) for lo in loaders], default_convert)
+    lockstep = DataLoader(
+        _Lockstep([lo.dataset for lo in loaders]), batch_size=None, num_workers=workers, collate_fn=_same,
+        multiprocessing_context=loaders[0].multiprocessing_context, prefetch_factor=loaders[0].prefetch_factor,
+    )  # fmt: skip
+    return ([default_convert(b) for b in step] for step in lockstep)
 
 
 class EnsembleTrainer:
@@ -256,12 +306,12 @@ class EnsembleTrainer:
             for p, value in saved:
                 p[index].copy_(value)
 
-    def _streams(self) -> list[Iterator[dict[str, torch.Tensor]]]:
-        """Each member's train stream, starting after the batches its trainer has consumed (its
-        ``global_step``), as under Lightning: a resumed member sees the uninterrupted run's batches."""
+    def _streams(self) -> Iterator[list[dict[str, torch.Tensor]]]:
+        """The members' train streams, a step at a time, each starting after the batches its trainer has
+        consumed (its ``global_step``), as under Lightning: a resumed member sees the uninterrupted run's batches."""
         for trainer, m in zip(self.trainers, self.members):
             m.datamodule.trainer = trainer
-        return [_batches(m.datamodule.train_dataloader()) for m in self.members]
+        return _steps([m.datamodule.train_dataloader() for m in self.members])
 
     def _stack(self, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         dev = self.settings.device
@@ -307,7 +357,7 @@ class EnsembleTrainer:
         streams = self._streams()
         progress = _Progress(self.members, self.global_step, self.max_steps)
         while self.global_step < self.max_steps and len(self.stopped) < len(self.members):
-            batches = [next(s) for s in streams]
+            batches = next(streams)
             self._train_step(batches)
             progress.step(self.global_step)
             if self.global_step % self.log_every_n_steps == 0:
@@ -319,10 +369,19 @@ class EnsembleTrainer:
                 raise SIGTERMException()
 
     def _save_checkpoints(self) -> None:
+        """Every active member's ``last.ckpt``: built here, written by a few threads at once (the writes,
+        fsync and rename release the GIL: 16 tiny members' checkpoints took 14 ms each one after another).
+        Every write is waited for, and the first failure (e.g. a full disk) is raised, as a single save's would be."""
         self._check_finite()  # never overwrite a member's last good checkpoint with non-finite weights
-        for _, _, m in self._active():
-            if m.checkpoint:
-                self._save_checkpoint(m)
+        jobs = [(self._checkpoint(m), m.run_dir / "checkpoints" / "last.ckpt") for _, _, m in self._active() if m.checkpoint]
+        if len(jobs) <= 1:
+            for ckpt, path in jobs:
+                save_atomic(ckpt, path)
+            return
+        with ThreadPoolExecutor(max_workers=min(SAVE_THREADS, len(jobs))) as pool:
+            futures = [pool.submit(save_atomic, ckpt, path) for ckpt, path in jobs]
+        for f in futures:
+            f.result()
 
     def _teardown(self, status: str) -> None:
         for _, trainer, m in self._active():
@@ -416,19 +475,21 @@ class EnsembleTrainer:
     def _validate(self) -> None:
         """Each member's eval sets in Lightning's batches of ``eval_batch_size``: batch-aware clamps see
         exactly the batch a separate run's would. While no member has a clamp acting on the forward, a
-        batch is forwarded in slices of ``eval_batch_size // members`` rows per member, so one forward
-        holds about a separate run's batch: at full size the intermediates of all members fall out of
-        cache (8 members of the singh2024 setting: 10.2x one member's validation time; sliced, 8.2x;
-        the rest is attention, whose CPU kernel costs the same per sequence and head either way)."""
+        batch is forwarded in slices (:func:`eval_rows`) that keep one forward's residual stream within
+        about a cache's size: at full size the intermediates of all members fall out of cache (8 members
+        of the singh2024 setting: 10.2x one member's validation time; sliced, 8.2x; the rest is
+        attention, whose CPU kernel costs the same per sequence and head either way), while tiny models
+        fit whole batches, where slicing would only multiply the forwards and the per-member losses."""
         self._check_finite()  # as `clamp fit` checks before each validation
         self._call("on_validation_start")
         self.model.eval()
         n_members = len(self.members)
         metrics: list[dict[str, torch.Tensor]] = [{} for _ in range(n_members)]
         ebs = self.members[0].datamodule.eval_batch_size
-        rows = max(1, ebs // n_members)
+        d_model = self.members[0].module.model_config.d_model
         for split, data in self._eval_sets().items():
             size = data["tokens"].shape[1]
+            rows = eval_rows(ebs, n_members, data["tokens"].shape[2], d_model)
             sums = torch.zeros(n_members, 3, device=self.settings.device)  # loss * n, acc * n, n
             for start in range(0, size, ebs):
                 stop = min(start + ebs, size)
@@ -468,8 +529,8 @@ class EnsembleTrainer:
         }
         return {"state": sliced, "param_groups": state["param_groups"]}
 
-    def _save_checkpoint(self, m: Member) -> None:
-        """``checkpoints/last.ckpt`` in Lightning's layout: weights, hyper-parameters, callback and optimizer states."""
+    def _checkpoint(self, m: Member) -> dict[str, Any]:
+        """Member ``m``'s ``checkpoints/last.ckpt`` in Lightning's layout: weights, hyper-parameters, callback and optimizer states."""
         index = self.members.index(m)
         ckpt = {
             "epoch": 0,
@@ -482,7 +543,7 @@ class EnsembleTrainer:
             "lr_schedulers": [self.scheduler.state_dict()],
             "ensemble": {"members": len(self.members), "index": index},
         }
-        save_atomic(ckpt, m.run_dir / "checkpoints" / "last.ckpt")
+        return ckpt
 
     # ------------------------------------------------------------------ resuming
     def _load_checkpoints(self) -> list[dict[str, Any]] | None:
@@ -557,6 +618,16 @@ class EnsembleTrainer:
             for cb in m.callbacks:
                 if states.get(cb.state_key):
                     cb.load_state_dict(copy.deepcopy(states[cb.state_key]))
+
+
+EVAL_CACHE_BYTES = 4 * 2**20  # one forward's residual stream (fp32) stays within about this many bytes
+
+
+def eval_rows(eval_batch_size: int, members: int, n_ctx: int, d_model: int) -> int:
+    """Rows per member in one validation forward: at least ``eval_batch_size // members`` (a separate
+    run's batch in all), more while ``members x rows x n_ctx x d_model`` floats fit :data:`EVAL_CACHE_BYTES`."""
+    fits = EVAL_CACHE_BYTES // (4 * members * n_ctx * d_model)
+    return max(1, min(eval_batch_size, max(eval_batch_size // members, fits)))
 
 
 RESUME_KEYS = ("global_step", "state_dict", "optimizer_states", "lr_schedulers")
