@@ -23,13 +23,17 @@ class TaskStream(IterableDataset):
     workers take interleaved ``k`` so their round-robin output keeps that order. Starting at
     ``start`` (the batches already consumed) makes a resumed run see exactly the data an
     uninterrupted run would have seen.
+
+    ``rank_world`` is taken in the main process (by ``train_dataloader``) and travels with the
+    pickled stream: a spawn-started worker cannot see the process group, so asking there would
+    give every rank rank 0 of 1. ``None`` asks the process group when iteration starts.
     """
 
-    def __init__(self, task: SyntheticTask, batch_size: int, seed: int, start: int = 0) -> None:
-        self.task, self.batch_size, self.seed, self.start = task, batch_size, seed, start
+    def __init__(self, task: SyntheticTask, batch_size: int, seed: int, start: int = 0, rank_world: tuple[int, int] | None = None) -> None:
+        self.task, self.batch_size, self.seed, self.start, self.rank_world = task, batch_size, seed, start, rank_world
 
     def __iter__(self):
-        rank, world = _rank_world()
+        rank, world = self.rank_world or _rank_world()
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         k = wid
@@ -37,6 +41,14 @@ class TaskStream(IterableDataset):
             index = (self.start + k) * world + rank
             yield self.task.sample(batch_rng(self.seed, 0, index), self.batch_size, "train")
             k += nw
+
+
+def train_loader(stream: IterableDataset, num_workers: int, context: str | None = None) -> DataLoader:
+    """A DataLoader over a stream of whole batches (``context`` only applies with workers)."""
+    return DataLoader(
+        stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+        multiprocessing_context=context if num_workers > 0 else None,
+    )
 
 
 class TensorDictDataset(Dataset):
@@ -80,7 +92,12 @@ class SyntheticDataModule(L.LightningDataModule):
         eval_batch_size: batch size for evaluation.
         seed: fixes the task's structure, the train stream and the eval sets.
         num_workers: DataLoader workers for the train stream (0 = in the main process).
+
+    ``multiprocessing_context`` (an attribute, ``None`` = torch's default) sets how the train
+    stream's workers start, e.g. ``"spawn"``.
     """
+
+    multiprocessing_context: str | None = None
 
     def __init__(
         self,
@@ -126,8 +143,8 @@ class SyntheticDataModule(L.LightningDataModule):
         return trainer.global_step * trainer.accumulate_grad_batches
 
     def train_dataloader(self) -> DataLoader:
-        stream = TaskStream(self.task, self.batch_size, self.seed, start=self._consumed_batches())
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        stream = TaskStream(self.task, self.batch_size, self.seed, start=self._consumed_batches(), rank_world=_rank_world())
+        return train_loader(stream, self.num_workers, self.multiprocessing_context)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [

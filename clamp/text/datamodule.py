@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clamp.text.corpus import check_and_hash, load_cached, save_atomic
 from clamp.text.tokenizer import TextTokenizer, load_pretrained, load_trained, train_bpe
 from synthetic_data.base import TaskSpec
-from synthetic_data.datamodule import TensorDictDataset, _rank_world
+from synthetic_data.datamodule import TensorDictDataset, _rank_world, train_loader
 
 BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -53,9 +53,12 @@ def _block_batch(blocks: np.ndarray, index: np.ndarray) -> dict[str, torch.Tenso
     }
 
 
-def _my_batches(start: int, world: int, rank: int, rank_override: tuple[int, int] | None = None) -> Iterator[int]:
-    """Global batch ids this rank / DataLoader worker consumes, in order."""
-    rank, world = rank_override or (rank, world)
+def _my_batches(start: int, rank_world: tuple[int, int] | None) -> Iterator[int]:
+    """Global batch ids this rank / DataLoader worker consumes, in order.
+
+    ``rank_world`` should come from the main process (``train_dataloader`` sets it): inside a
+    spawn-started worker the process group is invisible and ``_rank_world()`` says 0 of 1."""
+    rank, world = rank_world or _rank_world()
     info = get_worker_info()
     wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
     k = wid
@@ -85,10 +88,9 @@ class PackedBlockStream(IterableDataset):
         return int(self._epoch_order(g // n)[g % n])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rank, world = _rank_world()
         c, B = self.n_ctx, self.batch_size
         offsets = np.arange(c + 1)
-        for j in _my_batches(self.start, world, rank, self.rank_world):
+        for j in _my_batches(self.start, self.rank_world):
             ids = np.array([self.item(g) for g in range(j * B, (j + 1) * B)])
             yield _block_batch(self.tokens[ids[:, None] * c + offsets], ids)
 
@@ -120,8 +122,7 @@ class StreamingBlockStream(IterableDataset):
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rank, world = _rank_world()
-        mine = _my_batches(self.start, world, rank, self.rank_world)
+        mine = _my_batches(self.start, self.rank_world)
         want = next(mine)
         batch: list[np.ndarray] = []
         for g, block in enumerate(self._blocks()):
@@ -165,6 +166,7 @@ class TextDataModule(L.LightningDataModule):
     """
 
     eval_split_names = ("heldout",)
+    multiprocessing_context: str | None = None  # how train workers start (None: torch's default), e.g. "spawn"
 
     def __init__(
         self,
@@ -340,7 +342,9 @@ class TextDataModule(L.LightningDataModule):
         return 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_stream(self._consumed_batches()), batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        """The rank is taken here, in the main process, and pickled to the workers with the stream."""
+        stream = self.train_stream(self._consumed_batches(), rank_world=_rank_world())
+        return train_loader(stream, self.num_workers, self.multiprocessing_context)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(TensorDictDataset(self.eval_set()), batch_size=self.eval_batch_size, shuffle=False)]
