@@ -67,6 +67,8 @@ class SiteInfo:
 class Site(nn.Module):
     """An identity module with a name. Hooks attached to it read or replace the activation."""
 
+    generation = 0  # bumped whenever any site's hooks change: callers that route hooks recheck only then
+
     def __init__(self, info: SiteInfo) -> None:
         super().__init__()
         self.info = info
@@ -92,15 +94,18 @@ class Site(nn.Module):
     def add_hook(self, fn: Hook) -> Callable[[], None]:
         """Attach ``fn``; returns a callable that removes exactly this hook."""
         self._hooks.append(fn)
+        Site.generation += 1
 
         def remove() -> None:
             if fn in self._hooks:
                 self._hooks.remove(fn)
+                Site.generation += 1
 
         return remove
 
     def clear_hooks(self) -> None:
         self._hooks.clear()
+        Site.generation += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for fn in self._hooks:

@@ -43,10 +43,14 @@ class MemberRouter:
         names = list(ensemble.site_map())
         self._pairs: list[tuple[Site, list[Site]]] = [(ensemble.site(n), [v.site(n) for v in self.views]) for n in names]
         self._removers: dict[str, object] = {}
+        self._synced: int | None = None  # Site.generation at the last sync
         ensemble.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
 
     def sync(self) -> None:
-        """Route exactly the sites on which some member has hooks (call after the members' hooks change)."""
+        """Route exactly the sites on which some member has hooks (rechecked only after some site's hooks
+        changed: walking every member's sites each forward cost ~0.4 ms a step for 16 tiny members)."""
+        if self._synced == Site.generation:
+            return
         for site, member_sites in self._pairs:
             live = [i for i, s in enumerate(member_sites) if s.active]
             attached = site.name in self._removers
@@ -54,6 +58,7 @@ class MemberRouter:
                 self._removers[site.name] = site.add_hook(self._route(member_sites))
             elif not live and attached:
                 self._removers.pop(site.name)()  # type: ignore[operator]
+        self._synced = Site.generation  # after the router's own add/remove above
 
     @staticmethod
     def _route(member_sites: list[Site]):
