@@ -133,3 +133,20 @@ def test_finding5_grouped_paths_fails_when_the_others_do_not_matter_or_paths_are
     assert V.path_kind(redundant[1]) == "none" and V.path_kind(mixed[0]) == "mixed"
     per = {0: V.finding5_grouped_seed(redundant), 1: V.finding5_grouped_seed(mixed), 2: V.finding5_grouped_seed(mixed)}
     assert V.finding5_grouped(per).status == V.NOT
+
+
+# ---------------------------------------------------------------------------------------- finding 7
+def _f7(b_classes: list[float], b_labels: list[float], c_classes: list[float], c_labels: list[float]) -> str:
+    speeds = {("B", "c200_l5"): b_classes, ("B", "c50_l15"): b_labels, ("C", "c200_l5"): c_classes, ("C", "c50_l15"): c_labels}
+    return V.finding7(speeds)[0]
+
+
+def test_finding7_needs_each_halfs_interval_above_zero() -> None:
+    slow, fast = [900.0, 950.0, 1000.0, 920.0, 980.0], [500.0, 540.0, 520.0, 560.0, 510.0]
+    close = [890.0, 960.0, 925.0, 990.0, 935.0]  # mean 10 steps below `slow`'s, intervals straddling 0
+    assert _f7(slow, fast, fast, slow) == V.REPRODUCED
+    assert _f7(slow, close, fast, slow) == V.PARTLY  # B's point estimate points the right way, its interval does not resolve it
+    assert _f7(fast, slow, fast, slow) == V.PARTLY  # B reversed, C resolved
+    assert _f7(fast, slow, slow, fast) == V.NOT  # both reversed
+    assert _f7(slow, close, slow, close) == V.NOT  # neither resolved
+    assert _f7([], [], [], []) == V.NOT  # nothing ran
