@@ -8,10 +8,14 @@ end says where the run went, what it reached, which phase changes were found (re
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +181,25 @@ def print_run_summary(trainer: L.Trainer) -> None:
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else None
     print("\n" + run_summary_text(run_dir, summary, dict(trainer.callback_metrics)), flush=True)
+
+
+#: loggers of Lightning's set-up lines (seed, accelerators, tips), identical for every member
+SET_UP_LOGGERS = ("lightning.fabric.utilities.seed", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+@contextlib.contextmanager
+def quiet_set_up() -> Iterator[None]:
+    """Silence Lightning's set-up boilerplate (seed, GPU/TPU available, tips, the CLI's args warning)
+    where it would repeat: an ensemble's 2nd and later members, a plain sweep's in-process runs.
+    Warnings and errors of other kinds still show."""
+    loggers = [logging.getLogger(n) for n in SET_UP_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)

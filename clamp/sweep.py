@@ -401,10 +401,10 @@ def _run_in_process(run: Run) -> str | None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from clamp.cli import cli_main
-    from clamp.ensemble.runner import _quiet_set_up
+    from clamp.console import quiet_set_up
 
     try:
-        with _quiet_set_up():
+        with quiet_set_up():
             cli_main(run.fit_args())
     except SIGTERMException:  # preempted (a SystemExit without a code): the run is checkpointed; stop the sweep
         raise

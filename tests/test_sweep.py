@@ -177,13 +177,13 @@ def test_sweep_prints_progress_and_a_closing_table_of_results(tmp_path: Path, ca
     import clamp.ensemble.runner as runner
 
     quiet: list[int] = []
-    real = runner._quiet_set_up
+    real = runner.quiet_set_up
 
     def counted():  # noqa: ANN202
         quiet.append(1)
         return real()
 
-    monkeypatch.setattr(runner, "_quiet_set_up", counted)
+    monkeypatch.setattr(runner, "quiet_set_up", counted)
     main(["sweep", str(path), *(["--ensemble", str(ensemble)] if ensemble else [])])
     out, err = capfd.readouterr()
     table = out[out.index("final values, mean ± std (n seeds):") :].splitlines()[1:]
@@ -203,13 +203,13 @@ def test_quiet_set_up_silences_lightnings_info_lines_and_restores_them() -> None
     import logging
     import warnings
 
-    from clamp.ensemble.runner import _SET_UP_LOGGERS, _quiet_set_up
+    from clamp.console import SET_UP_LOGGERS, quiet_set_up
 
-    loggers = [logging.getLogger(n) for n in _SET_UP_LOGGERS]
+    loggers = [logging.getLogger(n) for n in SET_UP_LOGGERS]
     before = [lg.level for lg in loggers]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with _quiet_set_up():
+        with quiet_set_up():
             assert not any(lg.isEnabledFor(logging.INFO) for lg in loggers)
             warnings.warn("LightningCLI's args parameter is intended to run from within Python", UserWarning, stacklevel=1)
             warnings.warn("something else", UserWarning, stacklevel=1)
@@ -224,9 +224,9 @@ def test_plain_sweep_prints_its_own_lines_without_lightnings_set_up_lines(tmp_pa
     go to pytest's log handler (not its own stream handler), so they are looked for in both."""
     import logging
 
-    from clamp.ensemble.runner import _SET_UP_LOGGERS
+    from clamp.console import SET_UP_LOGGERS
 
-    before = [logging.getLogger(n).level for n in _SET_UP_LOGGERS]
+    before = [logging.getLogger(n).level for n in SET_UP_LOGGERS]
     emergence = {"class_path": "clamp.metrics.EmergenceCallback", "init_args": {"every_n_steps": 3}}  # writes summary.json
     path = _sweep(tmp_path, seeds=2, **{"trainer.callbacks": [emergence]})
     main(["sweep", str(path)])
@@ -239,7 +239,7 @@ def test_plain_sweep_prints_its_own_lines_without_lightnings_set_up_lines(tmp_pa
         assert f"sweep: run {i}/2 done: {runs / f'seed{seed}'} (" in err, err
     assert f"sweep {path}: 2 ran, 0 failed, 0 already finished" in out, out
     assert "final values, mean ± std (n seeds):" in out and "| base | " in out, out
-    assert [logging.getLogger(n).level for n in _SET_UP_LOGGERS] == before
+    assert [logging.getLogger(n).level for n in SET_UP_LOGGERS] == before
 
 
 def test_a_misspelt_key_fails_the_sweep_before_any_run_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

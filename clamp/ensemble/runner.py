@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +41,7 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from clamp.console import quiet_set_up
 from clamp.ensemble.trainer import EnsembleError, EnsembleTrainer, LoopSettings, Member, read_checkpoint
 from clamp.interventions.callback import ClampCallback
 from clamp.metrics.callback import EmergenceCallback
@@ -106,28 +105,6 @@ def _check_datamodule(run: Run, dm: Any) -> None:
             f"run {run.dir}: data module {type(dm).__name__} lacks {missing}, which the ensemble loop batches by "
             f"(as SyntheticDataModule and clamp.text.TextDataModule have them); run it without --ensemble"
         )
-
-
-#: loggers of Lightning's set-up lines (seed, accelerators, tips), identical for every member
-_SET_UP_LOGGERS = ("lightning.fabric.utilities.seed", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-
-
-@contextlib.contextmanager
-def _quiet_set_up() -> Iterator[None]:
-    """Silence Lightning's set-up boilerplate (seed, GPU/TPU available, tips, the CLI's args warning)
-    while building an ensemble's 2nd and later members: the first member printed the same lines.
-    Warnings and errors of other kinds still show."""
-    loggers = [logging.getLogger(n) for n in _SET_UP_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
 
 
 def _build_member(run: Run) -> tuple[Member, Any]:
@@ -218,7 +195,7 @@ def train_ensemble(runs: Sequence[Run]) -> None:
         try:
             if not res:
                 _clear_partial(run)
-            with _quiet_set_up() if i else contextlib.nullcontext():
+            with quiet_set_up() if i else contextlib.nullcontext():
                 member, trainer = _build_member(run)
         except Exception as e:  # noqa: BLE001 (an invalid member fails alone, with its own error)
             text = one_line(e)
