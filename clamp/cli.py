@@ -86,6 +86,9 @@ class _RunConfigSaver(SaveConfigCallback):
             if key in self.config:
                 self.config[key] = None
         super().setup(trainer, pl_module, stage)
+        # its work is done: Lightning would otherwise dispatch every per-step hook to it (a list rebuilt,
+        # not mutated, since Lightning is iterating over trainer.callbacks right now)
+        trainer.callbacks = [c for c in trainer.callbacks if c is not self]
 
 
 class ClampCLI(LightningCLI):

@@ -174,7 +174,7 @@ class TrainingModule(L.LightningModule):
             self.model.compile(backend=compile)  # in place: same module, same sites and state_dict keys
             hparams["compile"] = compile
         self.save_hyperparameters(hparams)
-        self._nonfinite: torch.Tensor | None = None  # device flag: a non-finite loss since the last check
+        self._finite: torch.Tensor | None = None  # device flag: every training loss finite since the last check
         self._last_finite_check = 0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -182,8 +182,11 @@ class TrainingModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, acc = masked_loss_and_accuracy(self(batch), batch)
-        bad = ~torch.isfinite(loss.detach())
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        finite = torch.isfinite(loss.detach())
+        if self._finite is None:
+            self._finite = finite
+        else:
+            self._finite.logical_and_(finite)  # in place: one op per step (the loop is overhead-bound for tiny models)
         if self._logged_this_step():
             self.log("train/loss", loss, prog_bar=True)
             self.log(f"{HEADLINE_GROUP}/train/loss", loss)  # the dashboard's first tag group (clamp.scalars)
@@ -232,10 +235,10 @@ class TrainingModule(L.LightningModule):
 
     def _check_finite(self) -> None:
         """Raise on every rank at once if any rank saw a non-finite training loss since the last check."""
-        if self._nonfinite is None:
+        if self._finite is None:
             return
-        diverged = self.trainer.strategy.reduce_boolean_decision(bool(self._nonfinite), all=False)
-        self._nonfinite = None
+        diverged = self.trainer.strategy.reduce_boolean_decision(not bool(self._finite), all=False)
+        self._finite = None
         step, since = self.trainer.global_step, self._last_finite_check
         self._last_finite_check = step
         if diverged:
