@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import warnings
 from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -263,8 +264,25 @@ def _check_time_budget(max_time: Any, ckpt: Path) -> None:
         )
 
 
+def _check_writable(run_dir: Path) -> None:
+    """A resume writes checkpoints, events and summary.json into the run folder: refuse a read-only one
+    before training starts (else the first write fails deep inside Lightning, mid-run)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise ConfigError(
+                f"--resume {run_dir}: cannot write into {folder} ({e.strerror or e}); a resume adds checkpoints, "
+                "events and summary.json there: make it writable or copy the run folder somewhere writable"
+            ) from None
+
+
 def _continue_in(logger_args: Any, run_dir: Path, ckpt: Path) -> None:
     """Point the TensorBoard logger at the resumed run's folder; drop the steps logged after the checkpoint."""
+    _check_writable(run_dir)
     logger_args.save_dir = str(run_dir.parent.parent)
     logger_args.name = run_dir.parent.name
     logger_args.version = run_dir.name

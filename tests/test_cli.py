@@ -227,3 +227,29 @@ def test_resume_with_a_used_up_max_time_is_refused_with_the_total_to_give(tmp_pa
     assert "trainer.max_time='00:00:00:00'" in err and "counts the whole run across resumes" in err and "--trainer.max_time 00:01:00:" in err
     main(["fit", "--resume", str(run), "--trainer.max_steps", "20", "--trainer.max_time", "00:01:00:00"])  # a total budget: trains on
     assert json.loads((run / "summary.json").read_text())["step"] == 20
+
+
+def test_resume_into_a_read_only_run_folder_is_one_line_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18.9: a resume writes checkpoints and events into the run folder; a read-only one must be
+    refused before training, in one line naming the folder (it printed a 27-frame traceback mid-run).
+    The tests run as root, for whom chmod does not stop writes, so the file system's refusal is simulated."""
+    import errno
+    import tempfile
+
+    main(["fit", *_shrink(tmp_path, steps=4), "--experiment", "ro"])
+    run = tmp_path / "runs" / "ro" / "version_0"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    real = tempfile.TemporaryFile
+
+    def read_only(*args, dir=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, A002
+        if dir is not None and Path(dir).resolve().is_relative_to(run.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--resume", str(run), "--trainer.max_steps", "8"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and "Read-only file system" in err[0] and "writable" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before  # nothing written
