@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from clamp.text import TextDataModule
-from clamp.text.datamodule import StreamingBlockStream
+from clamp.text.datamodule import StreamingBlockStream, split_text
 
 WORDS = "in the beginning god created heaven and earth was without form void darkness upon face of deep spirit moved waters".split()
 
@@ -41,7 +41,48 @@ def test_blocks_pack_the_corpus_exactly(text_dm: TextDataModule) -> None:
     for row, b in zip(ev["tokens"], ev["index"]):
         assert torch.equal(row, torch.from_numpy(dm.tokens[int(b) * 16 : int(b) * 16 + 16].astype(np.int64)))
     assert not set(dm.train_blocks) & set(dm.eval_blocks)
-    assert len(dm.train_blocks) + len(dm.eval_blocks) == (len(dm.tokens) - 1) // 16
+    n_train = len(np.load(dm.cache / "train_tokens.npy"))
+    assert (dm.train_blocks[-1] + 1) * 16 + 1 <= n_train <= dm.eval_blocks[0] * 16  # no block crosses the split
+    assert len(dm.train_blocks) + len(dm.eval_blocks) >= (len(dm.tokens) - 1) // 16 - 1  # only the one block across it is lost
+    assert 0.02 < len(dm.eval_blocks) / (len(dm.tokens) / 16) < 0.12  # eval_fraction 0.05 of the text
+
+
+def test_the_split_is_made_in_text_and_covers_it_exactly() -> None:
+    docs = corpus(40)
+    pieces = list(split_text(docs, span=60, k=4))
+    for d, doc in enumerate(docs):
+        mine = [(a, b) for e, a, b, _ in pieces if e == d]
+        assert mine[0][0] == 0 and mine[-1][1] == len(doc) and all(b == a2 for (_, b), (a2, _) in zip(mine, mine[1:]))
+        assert all(b == len(doc) or doc[b].isspace() for _, b in mine)  # cut at whitespace only
+    held = sum(b - a for _, a, b, h in pieces if h) / sum(b - a for _, a, b, _ in pieces)
+    assert 0.15 < held < 0.35  # every 4th span
+
+
+def test_the_bpe_never_sees_the_held_out_text(tmp_path: Path) -> None:
+    """Issue 18.7: scrambling every held-out letter (whitespace kept, so the split is the same) leaves
+    the trained BPE and the training tokens unchanged; scrambling a training letter changes them."""
+    docs = corpus()
+    n_ctx, group, k = 16, 16, 20  # TextDataModule's defaults: eval_fraction 0.05, eval_group 16
+    pieces = list(split_text(docs, span=min(group * n_ctx * 3, sum(len(d) + 1 for d in docs) // k), k=k))
+
+    def scrambled(which: bool) -> list[str]:
+        out = [list(doc) for doc in docs]
+        for d, a, b, held in pieces:
+            if held == which:
+                out[d][a:b] = ["q" if c.isalpha() else c for c in docs[d][a:b]]
+        return ["".join(doc) for doc in out]
+
+    def build(texts: list[str], name: str) -> TextDataModule:
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(texts))
+        return TextDataModule(str(tmp_path / f"{name}.txt"), n_ctx=n_ctx, vocab_size=300, eval_size=8, cache_dir=str(tmp_path / "cache"))
+
+    base, held_scrambled, train_scrambled = build(docs, "a"), build(scrambled(True), "b"), build(scrambled(False), "c")
+    assert base.cache != held_scrambled.cache  # other text, other cache: the equality below is not a cache hit
+    train = lambda dm: np.load(dm.cache / "train_tokens.npy")  # noqa: E731
+    assert base.tokenizer.backend.get_vocab() == held_scrambled.tokenizer.backend.get_vocab()
+    assert np.array_equal(train(base), train(held_scrambled))
+    assert not np.array_equal(np.load(base.cache / "heldout_tokens.npy"), np.load(held_scrambled.cache / "heldout_tokens.npy"))
+    assert base.tokenizer.backend.get_vocab() != train_scrambled.tokenizer.backend.get_vocab()
 
 
 def _indices(stream, n_batches: int, workers: int) -> list[list[int]]:
@@ -165,9 +206,9 @@ def test_the_token_cache_is_keyed_by_content_and_a_truncated_cache_is_rebuilt(tm
     edited = TextDataModule(str(f), n_ctx=16, vocab_size=300, eval_size=8, cache_dir=cache)
     assert edited.cache != first.cache and not np.array_equal(edited.tokens[:200], first.tokens[:200])
 
-    tok_file = edited.cache / "tokens.npy"
+    tok_file = edited.cache / "train_tokens.npy"
     tok_file.write_bytes(tok_file.read_bytes()[:100])  # a kill during the first tokenization (before atomic writes)
     with pytest.warns(UserWarning, match=f"token cache {tok_file} is unreadable"):
         again = TextDataModule(str(f), n_ctx=16, vocab_size=300, eval_size=8, cache_dir=cache)
-    assert np.array_equal(again.tokens, edited.tokens) and np.array_equal(np.load(tok_file), edited.tokens)
+    assert np.array_equal(again.tokens, edited.tokens) and np.array_equal(np.load(tok_file), edited.tokens[: len(np.load(tok_file))])
     assert not [p for p in edited.cache.iterdir() if p.name.endswith(".tmp")]  # written through a temporary file, renamed

@@ -1,10 +1,11 @@
 """Natural-text DataModule: Hugging Face ``datasets`` in, fixed-length token blocks out.
 
 Pipeline: load (local text / jsonl / parquet files, or a hub dataset, optionally streamed) ->
-tokenize (a Hugging Face tokenizer, or a byte-level BPE trained on the corpus and cached) ->
-concatenate documents separated by an end-of-text token -> cut into blocks of ``n_ctx + 1``
-tokens overlapping by one (``tokens = block[:-1]``, ``targets = block[1:]``, every position
-scored) -> a fixed held-out set and an endless, shuffled training stream.
+split the text into training and held-out spans (:func:`split_text`) -> tokenize (a Hugging
+Face tokenizer, or a byte-level BPE trained on the training text and cached) -> concatenate
+documents separated by an end-of-text token -> cut each part into blocks of ``n_ctx + 1`` tokens
+overlapping by one (``tokens = block[:-1]``, ``targets = block[1:]``, every position scored) ->
+a fixed held-out set and an endless, shuffled training stream.
 
 Order and sharding (the same rule as ``synthetic_data.TaskStream``): the training stream is one
 global sequence of blocks (epoch ``e`` is a permutation of the training blocks seeded by
@@ -24,6 +25,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +42,31 @@ from synthetic_data.base import TaskSpec
 from synthetic_data.datamodule import TensorDictDataset, _rank_world, train_loader
 
 BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+CHARS_PER_TOKEN = 3  # nominal, only to size the held-out spans (in characters) near eval_group blocks
+_WHITESPACE = re.compile(r"\s")
+
+
+def split_text(docs: list[str], span: int, k: int) -> Iterator[tuple[int, int, int, bool]]:
+    """The train / held-out split, in text (so it exists before a tokenizer is trained, and does not
+    move with it): ``(doc, start, stop, held)`` pieces in corpus order.
+
+    The corpus (documents joined by one separator) is cut into spans of ``span`` characters, each
+    cut moved forward to the next whitespace; every ``k``-th span is held out."""
+    pos = 0
+    for d, doc in enumerate(docs):
+        i = 0
+        while True:
+            unit = (pos + i) // span
+            end = (unit + 1) * span - pos
+            m = _WHITESPACE.search(doc, end) if end < len(doc) else None
+            cut = m.start() if m else len(doc)
+            yield d, i, cut, unit % k == k - 1
+            if cut == len(doc):
+                break
+            i = cut
+        pos += len(doc) + 1
 
 
 def _block_batch(blocks: np.ndarray, index: np.ndarray) -> dict[str, torch.Tensor]:
@@ -153,8 +180,11 @@ class TextDataModule(L.LightningDataModule):
             tokenizer (or BPE) is then trained on the first ``bpe_train_docs`` documents and
             the held-out set is the first ``eval_size`` blocks of ``eval_split``.
         eval_split: hub split for held-out data when ``streaming``.
-        eval_fraction: share of blocks held out (local / non-streaming data): every
-            ``round(1 / eval_fraction)``-th group of ``eval_group`` consecutive blocks.
+        eval_fraction: share of the text held out (local / non-streaming data): every
+            ``round(1 / eval_fraction)``-th span of ``eval_group * n_ctx * 3`` characters (about
+            ``eval_group`` blocks; shorter on a corpus too small for that), cut at whitespace (:func:`split_text`). The split is made in
+            text, before tokenizing: the BPE is trained on the training text only, and the
+            held-out blocks are cut from the held-out text alone.
         eval_size: held-out sequences used for validation and the emergence probes.
         eval_batch_size: validation batch size.
         seed: fixes the BPE, the held-out split, the shuffling.
@@ -252,6 +282,8 @@ class TextDataModule(L.LightningDataModule):
     def _key(self) -> str:
         corpus = check_and_hash(self.files) if self.files else [self.path, self.name, self.split]  # by content: an edit keeping size and mtime changes the key
         settings = [corpus, self.tokenizer_name, self.vocab_size, self.text_field, self.sample_by, self.seed, self.streaming]
+        if not self.streaming:  # the BPE and the tokens follow the text split (v2: the BPE sees the training text only)
+            settings += ["split-v2", self.eval_fraction, self.eval_group, self.n_ctx]
         return hashlib.sha1(json.dumps(settings, default=str).encode()).hexdigest()[:16]
 
     def _prepare(self) -> None:
@@ -274,25 +306,40 @@ class TextDataModule(L.LightningDataModule):
             self._dataset = self._load(streaming=True).shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
             self.tokenizer = self._tokenizer(lambda: (r[self.text_field] for _, r in zip(range(self.bpe_train_docs), self._dataset)))
             return
-        ds = self._load()
-        self.tokenizer = self._tokenizer(lambda: ds[self.text_field])
-        tok_file = self.cache / "tokens.npy"
-        self.tokens = load_cached(tok_file)
-        if self.tokens is None:
-            eos = [] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id]
-            ids: list[int] = []
-            for start in range(0, len(ds), 1000):
-                for doc in self.tokenizer.encode_batch(ds[start : start + 1000][self.text_field]):
-                    ids.extend(doc + eos)
-            dtype = np.uint16 if self.tokenizer.vocab_size <= 2**16 else np.uint32
-            self.tokens = np.asarray(ids, dtype=dtype)
-            save_atomic(tok_file, self.tokens)
-        n_blocks = (len(self.tokens) - 1) // self.n_ctx
-        k = max(2, round(1 / self.eval_fraction))
-        held = (np.arange(n_blocks) // self.eval_group) % k == k - 1
-        self.train_blocks, self.eval_blocks = np.flatnonzero(~held), np.flatnonzero(held)
+        docs = list(self._load()[self.text_field])
+        span, k = self._split_unit(docs)
+        self.tokenizer = self._tokenizer(lambda: (docs[d][a:b] for d, a, b, held in split_text(docs, span, k) if not held))
+        parts = [self._tokens_cached(docs, span, k, held) for held in (False, True)]
+        n_train, c = len(parts[0]), self.n_ctx
+        self.tokens = np.concatenate(parts)  # the training text, then the held-out text
+        self.train_blocks = np.arange(max(0, (n_train - 1) // c))
+        self.eval_blocks = np.arange(-(-n_train // c), (len(self.tokens) - 1) // c)  # wholly inside the held-out text
         if len(self.eval_blocks) == 0:
             raise ValueError(f"TextDataModule: the corpus ({len(self.tokens)} tokens) is too small to hold out a block at n_ctx={self.n_ctx}")
+
+    def _split_unit(self, docs: list[str]) -> tuple[int, int]:
+        """(characters per split span, every how many spans one is held out): spans of about
+        ``eval_group`` blocks, shorter on a corpus too small to hold ``k`` of them (so one is held out)."""
+        k = max(2, round(1 / self.eval_fraction))
+        chars = sum(len(d) + 1 for d in docs)
+        return max(1, min(self.eval_group * self.n_ctx * CHARS_PER_TOKEN, chars // k)), k
+
+    def _tokens_cached(self, docs: list[str], span: int, k: int, held: bool) -> np.ndarray:
+        """The tokens of the training (or held-out) pieces, end-of-text after each document's last piece."""
+        path = self.cache / ("heldout_tokens.npy" if held else "train_tokens.npy")
+        tokens = load_cached(path)
+        if tokens is not None:
+            return tokens
+        eos = [] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id]
+        pieces = [(docs[d][a:b], b == len(docs[d])) for d, a, b, h in split_text(docs, span, k) if h == held]
+        ids: list[int] = []
+        for start in range(0, len(pieces), 1000):
+            batch = pieces[start : start + 1000]
+            for piece, (_, ends) in zip(self.tokenizer.encode_batch([t for t, _ in batch]), batch):
+                ids.extend(piece + (eos if ends else []))
+        tokens = np.asarray(ids, dtype=np.uint16 if self.tokenizer.vocab_size <= 2**16 else np.uint32)
+        save_atomic(path, tokens)
+        return tokens
 
     def _tokenizer(self, texts) -> TextTokenizer:  # noqa: ANN001 (callable returning an iterable of str)
         if self.tokenizer_name is not None:

@@ -58,8 +58,8 @@ def evidence(run: Path) -> tuple[str, bool]:
     head_rises = [p for p in phase_changes_of(f"repeat/induction/{best_head}", hs, hv) if p.direction == "rise"]
     together = any(abs(a.midpoint - b.midpoint) <= max(a.width, b.width) for a in icl_drops for b in head_rises)
     formed = best >= THRESHOLD and (null is None or best > null) and together
-    cache = sorted((run.parent.parent / ".text_cache").glob("*/tokens.npy"))
-    corpus = int(np.load(cache[-1], mmap_mode="r").shape[0]) if cache else 0
+    caches = sorted((run.parent.parent / ".text_cache").glob("*/train_tokens.npy"))  # the training text's tokens
+    corpus = int(np.load(caches[-1], mmap_mode="r").shape[0]) if caches else 0
     seen = int(steps[-1] + 1) * tokens_per_step
     i_min = int(np.argmin(held))
     lines = [
