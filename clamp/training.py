@@ -123,7 +123,8 @@ class TrainingModule(L.LightningModule):
     flag kept on the device, so it costs no extra synchronisation per step).
 
     Args:
-        transformer: the project's :class:`models.Transformer`; sizes left at 0 are filled from ``task``.
+        transformer: the project's :class:`models.Transformer` (default sizes when neither it nor ``hf``
+            is given); sizes left at 0 are filled from ``task``.
         hf: a Hugging Face causal LM (:class:`models.hf.HFModelConfig`) to train instead of
             ``transformer``; its vocabulary and context default to the task's.
         optimizer: AdamW and learning-rate schedule.
@@ -139,14 +140,15 @@ class TrainingModule(L.LightningModule):
 
     def __init__(
         self,
-        transformer: TransformerConfig = TransformerConfig(),
+        transformer: TransformerConfig | None = None,
         optimizer: OptimizerConfig = OptimizerConfig(),
         task: TaskSpec | None = None,
         hf: HFModelConfig | None = None,
         compile: str | None = None,
     ) -> None:
         super().__init__()
-        transformer = _as(TransformerConfig, transformer)
+        given = transformer is not None  # model.hf beside any model.transformer, even one of default values, is refused
+        transformer = _as(TransformerConfig, transformer) if given else TransformerConfig()
         optimizer = _as(OptimizerConfig, optimizer)
         task = _as(TaskSpec, task) if task is not None else None
         hf = _as(HFModelConfig, hf) if hf is not None else None
@@ -155,7 +157,7 @@ class TrainingModule(L.LightningModule):
         self.optimizer_config = optimizer
         hparams = {"optimizer": asdict(optimizer), "task": asdict(spec)}
         if hf is not None:
-            if transformer != TransformerConfig():
+            if given:
                 raise ValueError("model.hf and model.transformer are both set: a run trains one model; drop model.transformer "
                                  "(the Hugging Face architecture is configured by model.hf.config)")
             if spec.d_feature or (spec.d_out and spec.d_out != spec.d_vocab):

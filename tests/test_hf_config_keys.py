@@ -27,4 +27,7 @@ def test_hf_and_transformer_together_are_refused() -> None:
     hf = HFModelConfig("gpt2", {"n_layer": 1, "n_head": 2, "n_embd": 16})
     with pytest.raises(ValueError, match="model.hf and model.transformer are both set"):
         TrainingModule(transformer=TransformerConfig(n_layers=3), task=spec, hf=hf)
+    with pytest.raises(ValueError, match="model.hf and model.transformer are both set"):  # even one equal to the defaults
+        TrainingModule(transformer=TransformerConfig(), task=spec, hf=hf)
+    assert TrainingModule(task=spec).model.cfg.n_layers == TransformerConfig().n_layers  # neither given: the default transformer
     assert TrainingModule(task=spec, hf=hf).model.cfg.n_layers == 1

@@ -152,7 +152,7 @@ def clamps(*interventions: dict, emergence: bool = True) -> list[dict]:
 
 
 def error_lines(err: str) -> list[str]:
-    return [ln for ln in err.splitlines() if ln.startswith("clamp: error:")]
+    return [ln for ln in err.splitlines() if ln.startswith(("clamp: error:", "clamp sweep: error:", "clamp analyze: error:"))]
 
 
 def empty_run_folders(runs: Path) -> list[str]:
@@ -782,6 +782,241 @@ CASES += [
     ("23.7 full disk at a checkpoint (ensemble)", "issue 23", i23_full_checkpoint_disk(ensemble=True)),
 ]
 # ==================================================================================== end of issue 23 cases
+
+
+# ======================================================================================== issue 18 cases
+# Runs on any machine and refuses what would corrupt a run (issue 18): each numbered item of the issue
+# against the real CLI. 18.3 (a full disk at a checkpoint) is case "23.7 full disk at a checkpoint"; 18.7's
+# spawn-started DDP workers need a process group (tests/test_ddp_spawn_workers.py).
+def i18_run(tmp: Path, name: str = "r", *extra: str) -> Path:
+    """A finished shrunken default run (checkpoint, config.yaml, summary.json) to resume or attack."""
+    r = run_cli(tmp, [*config(tmp, [CHECKPOINT]), "--experiment", name, *extra])
+    assert r.rc == 0, r.err[-2000:]
+    return tmp / "runs" / name / "version_0"
+
+
+def i18_refused(r: Result, expect: list[str], untouched: dict[Path, bytes] | None = None) -> tuple[str, str]:
+    """One ``clamp: error:`` line naming ``expect``, no traceback; the files in ``untouched`` unchanged."""
+    if r.rc == 0:
+        return "silent", "exit 0"
+    lines = error_lines(r.err)
+    if r.rc == "timeout" or "Traceback" in r.err or len(lines) != 1:
+        return "crash", f"rc {r.rc}: {r.err.strip()[-300:]}"
+    if not all(e in lines[0] for e in expect):
+        return "crash", f"message does not name {expect}: {lines[0][:300]}"
+    changed = [str(f) for f, b in (untouched or {}).items() if not f.exists() or f.read_bytes() != b]
+    return ("data lost", f"changed: {changed}") if changed else ("clear error", lines[0][:300])
+
+
+def i18_resume_changed(*flags: str, expect: list[str]) -> Callable[[Path], tuple[str, str]]:
+    """18.2: a resume that would make the run a different experiment is refused, naming each key."""
+
+    def case(tmp: Path) -> tuple[str, str]:
+        run = i18_run(tmp)
+        keep = {run / "config.yaml": (run / "config.yaml").read_bytes(), run / "checkpoints" / "last.ckpt": (run / "checkpoints" / "last.ckpt").read_bytes()}
+        return i18_refused(i23_forked(tmp, ["fit", "--resume", str(run), "--trainer.max_steps", "16", *flags]), expect, keep)
+
+    return case
+
+
+def i18_runaway(tmp: Path) -> tuple[str, str]:
+    """18.4: lr 10 stays finite but far above its start: the guard stops it like a NaN, checkpoint and summary kept."""
+    r = run_cli(tmp, [*config(tmp, [CHECKPOINT, EMERGENCE]), "--model.optimizer.lr", "10", "--model.optimizer.warmup_steps", "0", "--trainer.max_steps", "80",
+                      "--trainer.log_every_n_steps", "2", "--trainer.gradient_clip_val", "null", "--experiment", "runaway"])
+    if r.rc == 0:
+        loss = json.loads((tmp / "runs" / "runaway" / "version_0" / "summary.json").read_text()).get("final", {})
+        return "silent", f"exit 0 (final {loss})"
+    lines = error_lines(r.err)
+    if "Traceback" in r.err or len(lines) != 1 or "diverged" not in lines[0]:
+        return "crash", r.err.strip()[-300:]
+    problem = _summary_ok(tmp / "runs" / "runaway" / "version_0", complete=False)
+    return ("data lost", problem) if problem else ("clear error", lines[0][:200])
+
+
+def i18_planted_checkpoint(tmp: Path) -> tuple[str, str]:
+    """18.5: a checkpoint carrying a pickled call is refused on resume, and the call never runs."""
+    run = i18_run(tmp)
+    last, marker = run / "checkpoints" / "last.ckpt", tmp / "PWNED"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt.setdefault("callbacks", {})["planted"] = _Payload(str(marker))
+    torch.save(ckpt, last)
+    r = i23_forked(tmp, ["fit", "--resume", str(run), "--trainer.max_steps", "16"])
+    if marker.exists():
+        return "crash", "the planted payload RAN (file created)"
+    return i18_refused(r, ["last.ckpt"])
+
+
+def i18_text(tmp: Path, path: str, model: dict | None = None, **init_args: Any) -> list[str]:
+    """``fit --config`` on a tiny text-data experiment reading ``path`` (``model``: its model section)."""
+    data = {"class_path": "clamp.text.TextDataModule", "init_args": {"path": path, "n_ctx": 16, "batch_size": 4, "vocab_size": 300, "eval_size": 8,
+                                                                   "eval_batch_size": 8, "cache_dir": str(tmp / "cache"), **init_args}}
+    base = {"experiment": "text", "model": model or {"transformer": {"n_layers": 2, "n_heads": 2, "d_model": 16, "attn_only": True}}, "data": data,
+            "trainer": {"max_steps": 6, "val_check_interval": 3, "check_val_every_n_epoch": None, "log_every_n_steps": 3, "accelerator": "cpu",
+                        "enable_progress_bar": False, "enable_model_summary": False, "callbacks": [CHECKPOINT],
+                        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp / "runs")}}}}  # fmt: skip
+    (tmp / "text.yaml").write_text(yaml.safe_dump(base))
+    return ["fit", "--config", str(tmp / "text.yaml")]
+
+
+def i18_text_file(content: bytes, expect: list[str]) -> Callable[[Path], tuple[str, str]]:
+    """18.6: an empty, binary or non-UTF-8 corpus: one line naming the file and the cause."""
+
+    def case(tmp: Path) -> tuple[str, str]:
+        (tmp / "corpus.txt").write_bytes(content)
+        return i18_refused(i23_forked(tmp, i18_text(tmp, str(tmp / "corpus.txt"))), ["corpus.txt", *expect])
+
+    return case
+
+
+def i18_truncated_cache(tmp: Path) -> tuple[str, str]:
+    """18.6: a token cache cut short by a kill is rebuilt (with a warning naming it), not fatal to every later run."""
+    from tests.test_text_data import corpus
+
+    (tmp / "corpus.txt").write_text("\n\n".join(corpus()))
+    argv = i18_text(tmp, str(tmp / "corpus.txt"))
+    first = i23_forked(tmp, argv)
+    if first.rc != 0:
+        return "crash", f"valid text run rejected: {first.err.strip()[-300:]}"
+    caches = sorted((tmp / "cache").glob("*/train_tokens.npy"))
+    if not caches:
+        return "crash", "audit harness: no train_tokens.npy written"
+    caches[0].write_bytes(caches[0].read_bytes()[:100])
+    again = i23_forked(tmp, argv)
+    if again.rc != 0:
+        return "crash", f"rc {again.rc} after truncating {caches[0].name}: {again.err.strip()[-300:]}"
+    if str(caches[0]) not in again.err:
+        return "silent", "rebuilt without naming the truncated cache"
+    return "accepted", f"rebuilt {caches[0].name}, warned naming it"
+
+
+def i18_hf_case(model: dict, expect: list[str]) -> Callable[[Path], tuple[str, str]]:
+    """18.8: a misspelt Hugging Face config key, or model.hf beside model.transformer, is refused by name."""
+
+    def case(tmp: Path) -> tuple[str, str]:
+        from tests.test_text_data import corpus
+
+        (tmp / "corpus.txt").write_text("\n\n".join(corpus()))
+        return i18_refused(i23_forked(tmp, i18_text(tmp, str(tmp / "corpus.txt"), model=model)), expect)
+
+    return case
+
+
+def i18_read_only_resume(tmp: Path) -> tuple[str, str]:
+    """18.9: resuming into a run folder that cannot be written (the file system's refusal is simulated in the
+    child: the audit runs as root, for whom chmod does not stop writes)."""
+    run = i18_run(tmp)
+    keep = {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
+
+    def read_only() -> None:
+        import errno
+        import tempfile as tf
+
+        real = tf.TemporaryFile
+
+        def refuse(*args: Any, dir: Any = None, **kwargs: Any) -> Any:  # noqa: A002
+            if dir is not None and Path(dir).resolve().is_relative_to(run.resolve()):
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real(*args, dir=dir, **kwargs)
+
+        tf.TemporaryFile = refuse
+
+    return i18_refused(i23_forked(tmp, ["fit", "--resume", str(run), "--trainer.max_steps", "16"], patch=read_only), [str(run), "Read-only"], keep)
+
+
+def i18_broken_link(tmp: Path) -> tuple[str, str]:
+    """18.9: a `save_last: link` whose target was deleted is named as a broken link on resume."""
+    link = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": "link"}}
+    r = run_cli(tmp, [*config(tmp, [link]), "--experiment", "link"])
+    run = tmp / "runs" / "link" / "version_0"
+    if r.rc != 0:
+        return "crash", f"save_last: link rejected: {r.err.strip()[-300:]}"
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_symlink():
+        return "crash", "audit harness: last.ckpt is not a link"
+    (last.parent / last.readlink()).unlink()
+    return i18_refused(i23_forked(tmp, ["fit", "--resume", str(run), "--trainer.max_steps", "16"]), ["broken link"])
+
+
+def i18_analyze_garbage(tmp: Path) -> tuple[str, str]:
+    """18.9: `clamp analyze` on a run's checkpoint cut short (a kill mid-write) or overwritten with garbage:
+    one line naming the file, no traceback, and not called a "reference checkpoint"."""
+    run = i18_run(tmp)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    good_bytes = ckpt.read_bytes()
+    outcomes = []
+    for what, content in (("truncated", good_bytes[: len(good_bytes) // 3]), ("garbage", os.urandom(512))):
+        ckpt.write_bytes(content)
+        r = i23_forked(tmp, ["analyze", str(ckpt)])
+        lines = error_lines(r.err)
+        if r.rc == 0:
+            return "silent", f"{what}: exit 0"
+        if "Traceback" in r.err or len(lines) != 1 or str(ckpt) not in lines[0] or "reference" in lines[0]:
+            return "crash", f"{what}: rc {r.rc}: {r.err.strip()[-300:]}"
+        outcomes.append(lines[0])
+    return "clear error", outcomes[-1][:300]
+
+
+def i18_sweep_escape(tmp: Path) -> tuple[str, str]:
+    """18.9: a sweep whose experiment escapes save_dir is refused before it writes anything."""
+    path = i23_sweep(tmp)
+    spec = yaml.safe_load(path.read_text())
+    spec["experiment"] = "../.."
+    path.write_text(yaml.safe_dump(spec))
+    before = {f for f in tmp.parent.rglob("run.yaml")}
+    r = i23_forked(tmp, ["sweep", str(path)])
+    written = sorted(str(f) for f in tmp.parent.rglob("run.yaml") if f not in before)
+    if written:
+        return "data lost", f"wrote {written} before refusing"
+    return i18_refused(r, ["experiment", "../.."])
+
+
+def i18_sweep_key_typo(tmp: Path) -> tuple[str, str]:
+    """18.9: a misspelt override key fails the sweep before its first run starts (no run folder)."""
+    path = i23_sweep(tmp, seeds=[0, 1], **{"trainer.max_stepz": 3})
+    r = i23_forked(tmp, ["sweep", str(path)])
+    started = sorted(str(d) for d in (tmp / "runs").rglob("checkpoints"))
+    if started:
+        return "silent", f"runs started before the refusal: {started[:2]}"
+    return i18_refused(r, ["max_stepz"])
+
+
+CASES += [
+    ("18.1 lr 1e30: NaN weights before the copying probe", "issue 18", lambda tmp: divergence_like(tmp, "1e30")),
+    ("18.2 resume with n_heads 4", "issue 18", i18_resume_changed("--model.transformer.n_heads", "4", expect=["model.transformer.n_heads: 2 -> 4"])),
+    ("18.2 resume with --seed_everything 1", "issue 18", i18_resume_changed("--seed_everything", "1", expect=["seed_everything: 0 -> 1"])),
+    ("18.4 lr 10 (finite runaway loss)", "issue 18", i18_runaway),
+    ("18.5 planted pickle in a resumed checkpoint", "issue 18", i18_planted_checkpoint),
+    ("18.6 empty text file", "issue 18", i18_text_file(b"", ["empty"])),
+    ("18.6 binary text file", "issue 18", i18_text_file(bytes(range(256)) * 8, [])),
+    ("18.6 non-UTF-8 text file", "issue 18", i18_text_file("café au lait\n".encode("latin-1") * 50, [])),
+    ("18.6 missing local tokenizer folder", "issue 18", lambda tmp: ((tmp / "c.txt").write_text("a b c\n" * 50),
+        i18_refused(i23_forked(tmp, i18_text(tmp, str(tmp / "c.txt"), tokenizer=str(tmp / "no_tok"))), ["no_tok", "not found"]))[1]),
+    ("18.6 truncated token cache", "issue 18", i18_truncated_cache),
+    ("18.8 hf config key n_layers", "issue 18", i18_hf_case({"hf": {"arch": "gpt2", "config": {"n_layers": 2, "n_head": 2, "n_embd": 16}}}, ["n_layers", "n_layer"])),
+    ("18.8 model.hf and model.transformer", "issue 18", i18_hf_case({"hf": {"arch": "gpt2", "config": {"n_layer": 1, "n_head": 2, "n_embd": 16}}, "transformer": {"n_layers": 2}}, ["model.hf", "model.transformer"])),
+    ("18.9 analyze a garbage checkpoint", "issue 18", i18_analyze_garbage),
+    ("18.9 resume a read-only run folder", "issue 18", i18_read_only_resume),
+    ("18.9 save_last link target deleted", "issue 18", i18_broken_link),
+    ("18.9 zero-length window", "issue 18", lambda tmp: classify_bad(run_cli(tmp, one(iv(schedule={"start": 3, "stop": 3}))(tmp)), ["start=3 == stop=3"])),
+    ("18.9 sweep experiment ../..", "issue 18", i18_sweep_escape),
+    ("18.9 sweep override key typo", "issue 18", i18_sweep_key_typo),
+]
+
+
+def divergence_like(tmp: Path, lr: str) -> tuple[str, str]:
+    """18.1: weights go non-finite with the emergence probes (copying's eigenvalues) due every step: a clear
+    'training diverged', never a native crash (on Intel, LAPACK segfaulted on NaN input)."""
+    every = {"class_path": "clamp.EmergenceCallback", "init_args": {"every_n_steps": 1, "probe_size": 8, "causal": False, "heatmap_every_n_steps": 0}}
+    r = run_cli(tmp, [*config(tmp, [CHECKPOINT, every]), "--model.optimizer.lr", lr, "--model.optimizer.warmup_steps", "0",
+                      "--trainer.gradient_clip_val", "null", "--experiment", "nan"])
+    if r.rc == 0:
+        return "silent", "exit 0"
+    lines = error_lines(r.err)
+    if not isinstance(r.rc, int) or r.rc < 0 or r.rc > 128 or "Traceback" in r.err or len(lines) != 1 or "diverged" not in lines[0]:
+        return "crash", f"rc {r.rc}: {r.err.strip()[-300:]}"
+    problem = _summary_ok(tmp / "runs" / "nan" / "version_0", complete=False)
+    return ("data lost", problem) if problem else ("clear error", lines[0][:200])
+# ==================================================================================== end of issue 18 cases
 
 
 def main() -> None:
