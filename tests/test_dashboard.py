@@ -101,6 +101,15 @@ def test_screenshot_reads_cards_in_page_order_and_finds_the_headline_copy() -> N
     assert shot.first_screen_card(cards, "val/iw/acc", 6) is None
 
 
+def test_screenshot_counts_a_cards_curve_points_not_its_icons() -> None:
+    """A card whose chart draws nothing (WebGL in a headless worker) must fail the check, not pass on its icons."""
+    shot = _screenshot_module()
+    icon = '<path d="M14,4v5c0,1.12,0.37,2.16,1,3H9L4,4"></path>'
+    curve = '<path d="M43.5,231.9L47.5,210.8L51.5,197.3"></path>'
+    dom = f'<span class="tag" title="a">a</span>{icon}<span class="tag" title="b">b</span>{icon}{curve}'
+    assert shot.drawn_points(dom, "a") == 0 and shot.drawn_points(dom, "b") == 3 and shot.drawn_points(dom, "c") == 0
+
+
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")), reason="no chromium binary")
 def test_screenshot_shows_val_ic_acc_on_the_first_screen(tmp_path: Path) -> None:
     """TensorBoard in headless Chromium, on a 10-step default run: the script exits 0 and writes the PNG."""
@@ -110,4 +119,4 @@ def test_screenshot_shows_val_ic_acc_on_the_first_screen(tmp_path: Path) -> None
     res = subprocess.run([sys.executable, str(ROOT / "experiments" / "dashboard" / "screenshot.py"), str(run), "--out", str(png)],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
-    assert png.stat().st_size > 10_000 and "val/ic/acc: card" in res.stdout
+    assert png.stat().st_size > 10_000 and "val/ic/acc: card" in res.stdout and "curve drawn" in res.stdout
