@@ -835,11 +835,15 @@ shares are indicative, the tables above are the measurement):
   Removing those costs means fewer callbacks in the default config or a loop of clamp's own, not a local fix.
 - Ensembles: each member's batch is sampled from its own seed's generator (`batch_rng(seed, 0, step)`), which
   is what keeps members bitwise equal to separate runs (tests/test_ensemble.py); torch samples from one
-  generator at a time, so N members pay N samplings (~0.3 ms each, 1.5 s of a 16-member, 300-step profile
-  whose net time was 12 s). Each member's loss and accuracy (boolean indexing of its logits), its callbacks'
-  hooks, and at each validation its checkpoint and log writes are the other per-member Python; a loss over
-  the stacked logits would round differently from a single run's. The optimizer step is already one AdamW
-  over the stacked parameters, with per-member gradient clipping as stacked tensor operations.
+  generator at a time, so N members pay N samplings (~0.3 ms each). With `data.num_workers: 1` one lockstep
+  worker does them on another core (the rows above); it is no clear win: the worker's N samplings per step and
+  the hand-over of N batches through one pipe take about as long as they save, and across runs of this
+  benchmark on this shared VM it came out ahead at 16 members in one run and at 64 in another. What
+  is left in the training process is arithmetic that grows with N: the stacked forward and backward (real work
+  even at d_model 16: 64 members are a batch of 512 sequences), one AdamW over the stacked parameters, each
+  member's masked loss and accuracy (~1 ms/step at 16 members; one loss over the stacked logits would round
+  differently from a single run's, so members would no longer equal separate runs), and at each validation the
+  members' forwards (whole batches while they fit `EVAL_CACHE_BYTES`), checkpoints (written by threads) and logs.
 """
 
 
