@@ -72,6 +72,8 @@ def test_hf_model_on_text_with_clamps_and_probes_bf16(corpus_dir: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     for key in ("curves/task/icl_score", "curves/needle/acc", "curves/repeat/loss", "curves/task/loss_pos/031", "val/heldout/loss"):
         assert key in summary["final"], key
+    f = summary["final"]  # every needle result carries its no-first-copy control (issue 20)
+    assert f["curves/needle/retrieval_gain"] == pytest.approx(f["curves/needle/acc"] - f["curves/needle/acc_no_first_copy"], abs=1e-6)
     for metric in ("needle/induction", "repeat/induction", "task/prev_token"):
         assert summary["top_heads"][metric], metric
     assert "needle/teacher_forced_copy" in summary["top_heads"]  # NaN (no head listed) until the model copies a needle token right

@@ -13,7 +13,8 @@ Probes (no gradients, batched, on the module's device, global rank 0 only):
   (the 5-token exemplar task) get ``random``: uniform random tokens, for the previous-token score.
 * ``needle`` (``needle_len > 0``, token data such as natural text): the task probe's sequences
   with a needle of random tokens hidden at a random depth and repeated at the end
-  (:func:`clamp.metrics.probes.needle_batch`): retrieval accuracy (``curves/needle/acc``) and
+  (:func:`clamp.metrics.probes.needle_batch`): retrieval accuracy (``curves/needle/acc``), its
+  no-first-copy control (``curves/needle/acc_no_first_copy``, ``curves/needle/retrieval_gain``) and
   the teacher-forced copy score per head (``needle/teacher_forced_copy``, a cheap proxy; runs before
   issue 20.3 logged it as ``needle/retrieval``). Wu et al.'s score needs greedy decoding of every
   trial (:func:`clamp.metrics.retrieval.wu_retrieval_score`), so it is measured after training.
@@ -59,7 +60,7 @@ from clamp.interventions.engine import InterventionEngine, intervene
 from clamp.metrics import curves, heads
 from clamp.metrics.ablation import ablation_importance
 from clamp.metrics.phase import curve_scale, main_phase_change, phase_changes_of
-from clamp.metrics.probes import needle_batch, text_span_needles
+from clamp.metrics.probes import needle_batch, text_span_needles, without_first_copy
 from clamp.metrics.tb import add_images, custom_scalar_layout, head_scalars, heatmap_image, log_scalars
 from clamp.preemption import stop_reason
 from clamp.run_files import write_summary
@@ -291,10 +292,24 @@ class EmergenceCallback(Callback):
                             head_scores[f"task/ablate_{kind}"] = s
                     if probe == "task":
                         scalars.update(self._under_probe_interventions(model, batch))
+                    if probe == "needle":
+                        scalars.update(self._needle_control(model, batch, scalars["curves/needle/acc"], batch_for_clamps, trainer))
         finally:
             batch_for_clamps.close()
             model.train(was_training)
         return head_scores, scalars
+
+    def _needle_control(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], acc: float, stack: ExitStack, trainer: L.Trainer | None) -> dict[str, float]:
+        """The needle's no-first-copy control (issue 20): the same batch with the first copy overwritten by the
+        text it hid, so accuracy there is guessing from the cue and the text; only the difference
+        (``curves/needle/retrieval_gain``) is retrieval."""
+        assert self._probes is not None
+        control = without_first_copy(batch, self._probes["task"]["tokens"])
+        if not self._clamps_on_batch(stack, trainer, "needle", control):
+            return {}
+        logits, _ = heads.forward_with_cache(model, control)
+        acc_control = float(curves.accuracy(logits, control["targets"], control["loss_mask"]))
+        return {"curves/needle/acc_no_first_copy": acc_control, "curves/needle/retrieval_gain": acc - acc_control}
 
     def _causal_due(self, trainer: L.Trainer | None) -> bool:
         """Causal importance at its own cadence, and always at the last step (the final heatmaps and summary use it)."""
