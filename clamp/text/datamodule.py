@@ -182,9 +182,9 @@ class TextDataModule(L.LightningDataModule):
         eval_split: hub split for held-out data when ``streaming``.
         eval_fraction: share of the text held out (local / non-streaming data): every
             ``round(1 / eval_fraction)``-th span of ``eval_group * n_ctx * 3`` characters (about
-            ``eval_group`` blocks; shorter on a corpus too small for that), cut at whitespace (:func:`split_text`). The split is made in
-            text, before tokenizing: the BPE is trained on the training text only, and the
-            held-out blocks are cut from the held-out text alone.
+            ``eval_group`` blocks; shorter on a corpus too small for that), cut at whitespace
+            (:func:`split_text`). The split is made in text, before tokenizing: the BPE is trained
+            on the training text only, and the held-out blocks are cut from the held-out text alone.
         eval_size: held-out sequences used for validation and the emergence probes.
         eval_batch_size: validation batch size.
         seed: fixes the BPE, the held-out split, the shuffling.

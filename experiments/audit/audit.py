@@ -448,17 +448,22 @@ def edited_resume_case(tmp: Path) -> tuple[str, str]:
     return ("data lost", problem) if problem else ("accepted", "resume explained every change; released `ref` stayed released")
 
 
-def divergence_case(tmp: Path) -> tuple[str, str]:
-    r = run_cli(tmp, [*one(iv(op={"kind": "scale", "k": 1.0}))(tmp), "--model.optimizer.lr", "1e4", "--model.optimizer.warmup_steps", "0",
-                      "--trainer.max_steps", "60", "--trainer.log_every_n_steps", "5", "--trainer.gradient_clip_val", "null", "--experiment", "nan"])
-    run = tmp / "runs" / "nan" / "version_0"
+def classify_diverged(r: Result, run: Path) -> tuple[str, str]:
+    """A run that must stop as diverged: one 'training diverged' line, no traceback or native crash, and
+    its summary.json kept, marked incomplete."""
     if r.rc == 0:
         return "silent", "trained to the end with exit 0"
     lines = error_lines(r.err)
-    if len(lines) != 1 or "diverged" not in lines[0]:
-        return "crash", r.err.strip()[-300:]
+    if not isinstance(r.rc, int) or not 0 < r.rc < 128 or "Traceback" in r.err or len(lines) != 1 or "diverged" not in lines[0]:
+        return "crash", f"rc {r.rc}: {r.err.strip()[-300:]}"
     problem = _summary_ok(run, complete=False)
     return ("data lost", problem) if problem else ("clear error", lines[0][:200])
+
+
+def divergence_case(tmp: Path) -> tuple[str, str]:
+    r = run_cli(tmp, [*one(iv(op={"kind": "scale", "k": 1.0}))(tmp), "--model.optimizer.lr", "1e4", "--model.optimizer.warmup_steps", "0",
+                      "--trainer.max_steps", "60", "--trainer.log_every_n_steps", "5", "--trainer.gradient_clip_val", "null", "--experiment", "nan"])
+    return classify_diverged(r, tmp / "runs" / "nan" / "version_0")
 
 
 def ddp_case(tmp: Path) -> tuple[str, str]:
@@ -823,14 +828,16 @@ def i18_runaway(tmp: Path) -> tuple[str, str]:
     """18.4: lr 10 stays finite but far above its start: the guard stops it like a NaN, checkpoint and summary kept."""
     r = run_cli(tmp, [*config(tmp, [CHECKPOINT, EMERGENCE]), "--model.optimizer.lr", "10", "--model.optimizer.warmup_steps", "0", "--trainer.max_steps", "80",
                       "--trainer.log_every_n_steps", "2", "--trainer.gradient_clip_val", "null", "--experiment", "runaway"])
-    if r.rc == 0:
-        loss = json.loads((tmp / "runs" / "runaway" / "version_0" / "summary.json").read_text()).get("final", {})
-        return "silent", f"exit 0 (final {loss})"
-    lines = error_lines(r.err)
-    if "Traceback" in r.err or len(lines) != 1 or "diverged" not in lines[0]:
-        return "crash", r.err.strip()[-300:]
-    problem = _summary_ok(tmp / "runs" / "runaway" / "version_0", complete=False)
-    return ("data lost", problem) if problem else ("clear error", lines[0][:200])
+    return classify_diverged(r, tmp / "runs" / "runaway" / "version_0")
+
+
+def i18_nan_probe(tmp: Path) -> tuple[str, str]:
+    """18.1: weights go non-finite with the emergence probes (copying's eigenvalues) due every step: a clear
+    'training diverged', never a native crash (on Intel, LAPACK segfaulted on NaN input)."""
+    every = {"class_path": "clamp.EmergenceCallback", "init_args": {"every_n_steps": 1, "probe_size": 8, "causal": False, "heatmap_every_n_steps": 0}}
+    r = run_cli(tmp, [*config(tmp, [CHECKPOINT, every]), "--model.optimizer.lr", "1e30", "--model.optimizer.warmup_steps", "0",
+                      "--trainer.gradient_clip_val", "null", "--experiment", "nan"])
+    return classify_diverged(r, tmp / "runs" / "nan" / "version_0")
 
 
 def i18_planted_checkpoint(tmp: Path) -> tuple[str, str]:
@@ -981,7 +988,7 @@ def i18_sweep_key_typo(tmp: Path) -> tuple[str, str]:
 
 
 CASES += [
-    ("18.1 lr 1e30: NaN weights before the copying probe", "issue 18", lambda tmp: divergence_like(tmp, "1e30")),
+    ("18.1 lr 1e30: NaN weights before the copying probe", "issue 18", i18_nan_probe),
     ("18.2 resume with n_heads 4", "issue 18", i18_resume_changed("--model.transformer.n_heads", "4", expect=["model.transformer.n_heads: 2 -> 4"])),
     ("18.2 resume with --seed_everything 1", "issue 18", i18_resume_changed("--seed_everything", "1", expect=["seed_everything: 0 -> 1"])),
     ("18.4 lr 10 (finite runaway loss)", "issue 18", i18_runaway),
@@ -1002,20 +1009,6 @@ CASES += [
     ("18.9 sweep override key typo", "issue 18", i18_sweep_key_typo),
 ]
 
-
-def divergence_like(tmp: Path, lr: str) -> tuple[str, str]:
-    """18.1: weights go non-finite with the emergence probes (copying's eigenvalues) due every step: a clear
-    'training diverged', never a native crash (on Intel, LAPACK segfaulted on NaN input)."""
-    every = {"class_path": "clamp.EmergenceCallback", "init_args": {"every_n_steps": 1, "probe_size": 8, "causal": False, "heatmap_every_n_steps": 0}}
-    r = run_cli(tmp, [*config(tmp, [CHECKPOINT, every]), "--model.optimizer.lr", lr, "--model.optimizer.warmup_steps", "0",
-                      "--trainer.gradient_clip_val", "null", "--experiment", "nan"])
-    if r.rc == 0:
-        return "silent", "exit 0"
-    lines = error_lines(r.err)
-    if not isinstance(r.rc, int) or r.rc < 0 or r.rc > 128 or "Traceback" in r.err or len(lines) != 1 or "diverged" not in lines[0]:
-        return "crash", f"rc {r.rc}: {r.err.strip()[-300:]}"
-    problem = _summary_ok(tmp / "runs" / "nan" / "version_0", complete=False)
-    return ("data lost", problem) if problem else ("clear error", lines[0][:200])
 # ==================================================================================== end of issue 18 cases
 
 
