@@ -76,9 +76,9 @@ def test_emergence_callback_refuses_fsdp_clearly() -> None:
         EmergenceCallback().setup(SimpleNamespace(strategy=FSDPStrategy()), None, "fit")  # type: ignore[arg-type]
 
 
-def test_needle_control_scores_the_batch_without_its_first_copy() -> None:
+def test_needle_control_scores_the_batch_without_its_first_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 20: curves/needle/acc_no_first_copy is accuracy on the control batch (first copy overwritten by the
-    text it hid), computed independently here; on this model it differs from accuracy with the copy."""
+    text it hid): the forward it runs sees exactly that batch, and the value equals an independent recomputation."""
     from contextlib import ExitStack
 
     from clamp import EmergenceCallback
@@ -89,13 +89,16 @@ def test_needle_control_scores_the_batch_without_its_first_copy() -> None:
     model = HFModelConfig("gpt2", {"n_layer": 2, "n_head": 2, "n_embd": 16, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}).build(30, 32).eval()
     hay = torch.randint(0, 30, (16, 32), generator=torch.Generator().manual_seed(1))
     batch = needle_batch(hay, 6, 30, np.random.default_rng(1))
+    control = without_first_copy(batch, hay)
+    assert not torch.equal(control["tokens"], batch["tokens"])
     cb = EmergenceCallback(needle_len=6)
     cb._probes = {"task": {"tokens": hay}, "needle": batch}
+    seen: list[torch.Tensor] = []
+    real = heads.forward_with_cache
+    monkeypatch.setattr(heads, "forward_with_cache", lambda m, b, *a, **k: (seen.append(b["tokens"]), real(m, b, *a, **k))[1])
     with torch.no_grad():
-        acc = float(curves.accuracy(heads.forward_with_cache(model, batch)[0], batch["targets"], batch["loss_mask"]))
-        out = cb._needle_control(model, batch, acc, ExitStack(), None)
-        control = without_first_copy(batch, hay)
-        expected = float(curves.accuracy(heads.forward_with_cache(model, control)[0], control["targets"], control["loss_mask"]))
+        out = cb._needle_control(model, batch, 0.75, ExitStack(), None)
+        expected = float(curves.accuracy(real(model, control)[0], control["targets"], control["loss_mask"]))
+    assert len(seen) == 1 and torch.equal(seen[0], control["tokens"])
     assert out["curves/needle/acc_no_first_copy"] == pytest.approx(expected)
-    assert out["curves/needle/retrieval_gain"] == pytest.approx(acc - expected)
-    assert not torch.equal(control["tokens"], batch["tokens"]) and expected != pytest.approx(acc)  # a mix-up of the batches would show
+    assert out["curves/needle/retrieval_gain"] == pytest.approx(0.75 - expected)
